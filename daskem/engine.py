@@ -1,0 +1,176 @@
+"""The distributed loop: one task per row block, a tree reduction, one compute per pass.
+
+Every pass over the data goes through :func:`map_reduce`: the payload (model parameters) is put
+into the graph once under its own key, each block gets one task ``kernel(block, row_start,
+payload)``, partial results are merged in a tree of bounded fan-in, and only the root comes back
+to the client. Keys carry the run id and the pass name, so no key is ever reused with other
+contents, and every task is a pure function of its inputs, so a task recomputed after a lost
+worker gives the same bits. The loop in :func:`run_em` advances several candidate models in the
+same pass: each block is read once per iteration whatever the number of candidates.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from itertools import accumulate
+from typing import Any, Callable, Sequence
+
+import dask
+import dask.array as da
+import numpy as np
+from dask.delayed import Delayed
+
+from daskem.stats import SuffStats, merge_candidates
+
+logger = logging.getLogger("daskem")
+
+DEFAULT_FAN_IN = 8
+
+
+def block_row_starts(X: da.Array) -> list[int]:
+    """Global index of the first row of each row block."""
+    return [0, *accumulate(X.chunks[0])][:-1]
+
+
+def reduction_graph(
+    X: da.Array,
+    kernel: Callable[[np.ndarray, int, Any], Any],
+    payload: Any,
+    *,
+    name: str,
+    combine: Callable[[list], Any],
+    fan_in: int = DEFAULT_FAN_IN,
+) -> Delayed:
+    """The lazy tree ``combine(... kernel(block, row_start, payload) ...)`` over the row blocks of ``X``.
+
+    ``payload`` appears once in the graph (key ``{name}-payload``) and every task refers to it by
+    key; ``combine`` merges a list of at most ``fan_in`` partial results.
+    """
+    if fan_in < 2:
+        raise ValueError(f"fan_in must be at least 2 to reduce in a tree, got {fan_in}")
+    payload_node = dask.delayed(payload, name=f"{name}-payload", traverse=False)
+    apply_kernel = dask.delayed(kernel, pure=True)
+    blocks = X.to_delayed(optimize_graph=False).ravel()
+    level = [
+        apply_kernel(block, row_start, payload_node, dask_key_name=(f"{name}-map", index))
+        for index, (block, row_start) in enumerate(zip(blocks, block_row_starts(X)))
+    ]
+    merge = dask.delayed(combine, pure=True)
+    depth = 0
+    while len(level) > 1 or depth == 0:  # a single block still passes through combine once
+        level = [
+            merge(level[start : start + fan_in], dask_key_name=(f"{name}-reduce{depth}", start // fan_in))
+            for start in range(0, len(level), fan_in)
+        ]
+        depth += 1
+    return level[0]
+
+
+def map_reduce(X: da.Array, kernel, payload, *, name: str, combine, fan_in: int = DEFAULT_FAN_IN) -> Any:
+    """Compute :func:`reduction_graph` and return its root: one compute, on the active distributed
+    client if there is one, else on Dask's local scheduler."""
+    root = reduction_graph(X, kernel, payload, name=name, combine=combine, fan_in=fan_in)
+    (result,) = dask.compute(root)
+    return result
+
+
+def check_finite_block(block: np.ndarray, row_start: int) -> None:
+    """Raise a ValueError naming the first row holding NaN or infinity, and the fix."""
+    finite_rows = np.isfinite(block).all(axis=1)
+    if not finite_rows.all():
+        bad = np.flatnonzero(~finite_rows)
+        row_end = row_start + block.shape[0]
+        raise ValueError(
+            f"X has NaN or infinite values in {bad.size} row(s) of the chunk holding rows "
+            f"{row_start}-{row_end - 1}, first at row {row_start + bad[0]}: "
+            "drop or impute those rows before fitting"
+        )
+
+
+@dataclass(frozen=True)
+class SlabPayload:
+    """What every E-step task needs: the candidate models and whether to check the rows."""
+
+    families: tuple
+    params: tuple
+    check_finite: bool = False
+
+
+def candidate_stats(block: np.ndarray, row_start: int, payload: SlabPayload) -> tuple[SuffStats, ...]:
+    """The E-step task: one slab read, then each candidate in turn, so memory holds one at a time."""
+    if payload.check_finite:
+        check_finite_block(block, row_start)
+    return tuple(family.chunk_stats(block, params) for family, params in zip(payload.families, payload.params))
+
+
+@dataclass
+class EMResult:
+    """The outcome of one candidate's fit."""
+
+    params: Any
+    objective: float
+    history: list[float] = field(default_factory=list)
+    n_iter: int = 0
+    converged: bool = False
+
+
+def run_em(
+    X: da.Array,
+    families: Sequence,
+    initial_params: Sequence,
+    *,
+    max_iter: int,
+    tol: float,
+    run_id: str,
+    fan_in: int = DEFAULT_FAN_IN,
+    labels: Sequence[str] | None = None,
+) -> list[EMResult]:
+    """Fit every candidate ``(family, params)`` by EM, all advancing in the same pass over ``X``.
+
+    A candidate stops when its family's convergence rule holds or after ``max_iter`` M-steps;
+    the others go on without it. Rows are checked for NaN and infinity during the first pass.
+    """
+    labels = list(labels) if labels is not None else [f"candidate {i}" for i in range(len(families))]
+    results = [EMResult(params, np.nan) for params in initial_params]
+    active = list(range(len(families)))
+    for iteration in range(1, max_iter + 1):
+        started = time.perf_counter()
+        all_stats = em_pass(X, families, results, active, name=f"{run_id}-iter{iteration}",
+                            check_finite=iteration == 1, fan_in=fan_in)
+        seconds = time.perf_counter() - started
+        for index, stats in zip(list(active), all_stats):
+            family, result = families[index], results[index]
+            objective = family.objective(stats)
+            previous = result.history[-1] if result.history else None
+            result.history.append(objective)
+            result.objective = objective
+            change = np.nan if previous is None else objective - previous
+            result.converged = previous is not None and family.has_converged(previous, objective, tol)
+            if not (result.converged and family.scores_returned_params):
+                result.params = family.update(stats, result.params)
+                result.n_iter = iteration
+            logger.info("%s iteration %d: objective %.10g, change %+.3e, %.2f s",
+                        labels[index], iteration, objective, change, seconds)
+            if result.converged:
+                active.remove(index)
+                logger.info("%s converged after %d iterations", labels[index], result.n_iter)
+        if not active:
+            break
+    unscored = [i for i in active if families[i].scores_returned_params]
+    if unscored:
+        final_stats = em_pass(X, families, results, unscored, name=f"{run_id}-final", fan_in=fan_in)
+        for index, stats in zip(unscored, final_stats):
+            results[index].objective = families[index].objective(stats)
+    for index in active:
+        logger.info("%s stopped at max_iter=%d without converging", labels[index], max_iter)
+    return results
+
+
+def em_pass(X, families, results, active, *, name, fan_in, check_finite=False) -> tuple[SuffStats, ...]:
+    """One read of the data computing the statistics of the ``active`` candidates."""
+    payload = SlabPayload(
+        tuple(families[i] for i in active), tuple(results[i].params for i in active), check_finite
+    )
+    return map_reduce(X, candidate_stats, payload, name=name, combine=merge_candidates, fan_in=fan_in)

@@ -1,0 +1,125 @@
+"""The distributed loop: graph shape, parameters placed once, real worker processes."""
+
+import logging
+import re
+import pickle
+
+import dask
+import dask.array as da
+import numpy as np
+import pytest
+from distributed import Client, LocalCluster
+from sklearn.datasets import make_blobs
+
+import daskem
+from daskem.covariance import get_covariance_type
+from daskem.engine import SlabPayload, candidate_stats, map_reduce, reduction_graph, run_em
+from daskem.models import GaussianMixtureFamily, GMMParams, KMeansFamily, KMeansParams
+from daskem.stats import merge_candidates
+
+
+@pytest.fixture(scope="module")
+def client():
+    """A real cluster: two worker processes on this machine."""
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster:
+        with Client(cluster) as client:
+            yield client
+
+
+def _blobs(n_rows=4000, n_features=6, centers=4, seed=0):
+    return make_blobs(n_rows, n_features=n_features, centers=centers, random_state=seed)[0]
+
+
+def _big_gmm_payload(n_components=16, n_features=40):
+    """Parameters large enough (about 200 kB) that copying them into each task would show."""
+    rng = np.random.default_rng(0)
+    cov = get_covariance_type("full")
+    covariances = np.tile(np.eye(n_features), (n_components, 1, 1))
+    params = GMMParams(np.full(n_components, 1 / n_components), rng.normal(size=(n_components, n_features)),
+                       covariances, cov.precision_cholesky(covariances))
+    return SlabPayload((GaussianMixtureFamily(cov, 1e-6),), (params,)), params
+
+
+@pytest.mark.parametrize("n_blocks,fan_in", [(1, 4), (7, 2), (50, 8), (200, 16)])
+def test_one_iteration_graph_has_a_task_per_block_plus_a_bounded_tree(n_blocks, fan_in):
+    X = da.zeros((n_blocks * 10, 40), chunks=(10, 40))
+    payload, _ = _big_gmm_payload()
+    graph = dict(reduction_graph(X, candidate_stats, payload, name="run-iter1", combine=merge_candidates,
+                                 fan_in=fan_in).__dask_graph__())
+    map_tasks = [k for k in graph if isinstance(k, tuple) and k[0] == "run-iter1-map"]
+    reduce_tasks = [k for k in graph if isinstance(k, tuple) and str(k[0]).startswith("run-iter1-reduce")]
+    assert len(map_tasks) == n_blocks
+    assert len(reduce_tasks) <= max(1, 2 * n_blocks // (fan_in - 1) + 1)
+    # blocks + map tasks + reductions + the one payload: O(number of blocks)
+    assert len(graph) == 2 * n_blocks + len(reduce_tasks) + 1
+    for key in reduce_tasks:
+        assert len(graph[key].dependencies) <= fan_in
+
+
+def test_parameters_are_in_the_graph_once_not_in_every_task():
+    n_blocks = 60
+    X = da.zeros((n_blocks * 10, 40), chunks=(10, 40))
+    payload, params = _big_gmm_payload()
+    graph = dict(reduction_graph(X, candidate_stats, payload, name="run-iter1", combine=merge_candidates,
+                                 fan_in=8).__dask_graph__())
+    params_bytes = len(pickle.dumps(params))
+    graph_bytes = len(pickle.dumps(graph))
+    assert params_bytes > 100_000
+    assert graph_bytes < 2 * params_bytes  # 60 copies would be 60x
+    assert "run-iter1-payload" in graph
+    map_task = graph[("run-iter1-map", 0)]
+    assert "run-iter1-payload" in map_task.dependencies
+
+
+def test_task_keys_carry_run_id_and_iteration():
+    X = da.from_array(_blobs(), chunks=(1000, -1))
+    centers = _blobs()[:4]
+    root = reduction_graph(X, candidate_stats, SlabPayload((KMeansFamily(),), (KMeansParams(centers),)),
+                           name="daskem-kmeans-abc-iter3", combine=merge_candidates)
+    keys = {k[0] if isinstance(k, tuple) else k for k in root.__dask_graph__()}
+    assert {"daskem-kmeans-abc-iter3-map", "daskem-kmeans-abc-iter3-payload"} <= keys
+
+
+def test_fit_on_local_cluster_with_worker_processes_equals_local_scheduler(client):
+    X = _blobs()
+    chunked = da.from_array(X, chunks=(333, -1))
+    on_cluster = daskem.GaussianMixture(4, covariance_type="full", random_state=1).fit(chunked)
+    with dask.config.set(scheduler="threads"):  # the client stays active; this fit ignores it
+        local = daskem.GaussianMixture(4, covariance_type="full", random_state=1).fit(chunked)
+    np.testing.assert_allclose(on_cluster.means_, local.means_, rtol=1e-12)
+    assert on_cluster.lower_bound_ == pytest.approx(local.lower_bound_, rel=1e-12)
+    labels = on_cluster.predict(chunked).compute()
+    assert labels.shape == (len(X),)
+
+
+def test_kmeans_on_local_cluster_gathers_only_the_statistics(client):
+    chunked = da.from_array(_blobs(20_000), chunks=(1000, -1))
+    fitted = daskem.KMeans(4, random_state=0).fit(chunked)
+    assert fitted.converged_
+    assert fitted.cluster_centers_.shape == (4, 6)
+
+
+def test_each_iteration_is_logged_with_objective_change_and_seconds(caplog):
+    X = da.from_array(_blobs(), chunks=(500, -1))
+    with caplog.at_level(logging.INFO, logger="daskem"):
+        daskem.KMeans(4, random_state=0, max_iter=5).fit(X)
+    lines = [r.getMessage() for r in caplog.records if re.search(r"iteration \d+:", r.getMessage())]
+    assert len(lines) >= 2
+    for line in lines:
+        assert re.fullmatch(r"k-means iteration \d+: objective [-+.\de]+, change [-+.\dena]+, \d+\.\d\d s", line), line
+
+
+def test_several_candidates_advance_in_one_pass_and_match_separate_fits():
+    X = da.from_array(_blobs(), chunks=(700, -1))
+    starts = [_blobs()[i : i + 4] for i in (0, 10, 20)]
+    together = run_em(X, [KMeansFamily()] * 3, [KMeansParams(c) for c in starts], max_iter=50, tol=0,
+                      run_id="together")
+    for start, result in zip(starts, together):
+        (alone,) = run_em(X, [KMeansFamily()], [KMeansParams(start)], max_iter=50, tol=0, run_id="alone")
+        np.testing.assert_array_equal(result.params.centers, alone.params.centers)
+        assert result.objective == alone.objective and result.n_iter == alone.n_iter
+
+
+def test_map_reduce_refuses_a_fan_in_below_two():
+    with pytest.raises(ValueError, match="fan_in must be at least 2"):
+        map_reduce(da.zeros((4, 2), chunks=2), lambda b, r, p: b, None, name="x", combine=list, fan_in=1)

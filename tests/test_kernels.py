@@ -1,0 +1,185 @@
+"""Chunk kernels against scikit-learn and naive NumPy, including empty and float32 slabs."""
+
+import numpy as np
+import pytest
+from scipy.special import logsumexp
+from sklearn.metrics import euclidean_distances, pairwise_distances_argmin_min
+from sklearn.mixture import GaussianMixture
+from sklearn.mixture._gaussian_mixture import _compute_precision_cholesky, _estimate_gaussian_parameters
+
+from daskem.covariance import COVARIANCE_TYPES
+from daskem.kernels import (
+    estimate_log_resp,
+    gmm_chunk_stats,
+    gmm_predict,
+    gmm_predict_proba,
+    gmm_score_samples,
+    hard_chunk_stats,
+    kmeans_transform,
+    nearest_center,
+)
+from daskem.stats import SuffStats
+
+N_SAMPLES, D, K = 200, 4, 3  # rows, features, components
+TOL = dict(rtol=1e-10, atol=1e-12)
+COVARIANCES = pytest.mark.parametrize("cov", list(COVARIANCE_TYPES.values()), ids=list(COVARIANCE_TYPES))
+
+
+@pytest.fixture(scope="module")
+def X():
+    rng = np.random.default_rng(0)
+    blobs = rng.normal(size=(K, D)) * 4
+    return blobs[rng.integers(0, K, size=N_SAMPLES)] + rng.normal(size=(N_SAMPLES, D))
+
+
+def fitted_sklearn_model(cov, X):
+    """A scikit-learn GaussianMixture whose fitted attributes are set by hand from random responsibilities."""
+    resp = np.random.default_rng(1).dirichlet(np.ones(K), size=len(X))
+    nk, means, covariances = _estimate_gaussian_parameters(X, resp, 1e-6, cov.name)
+    model = GaussianMixture(n_components=K, covariance_type=cov.name)
+    model.weights_ = nk / nk.sum()
+    model.means_ = means
+    model.covariances_ = covariances
+    model.precisions_cholesky_ = _compute_precision_cholesky(covariances, cov.name)
+    model.n_features_in_ = X.shape[1]
+    return model
+
+
+def parameters(model):
+    return model.weights_, model.means_, model.precisions_cholesky_
+
+
+@COVARIANCES
+def test_estimate_log_resp_matches_scikit_learn(cov, X):
+    model = fitted_sklearn_model(cov, X)
+    expected_norm, expected_resp = model._estimate_log_prob_resp(X)
+    log_norm, log_resp = estimate_log_resp(X, *parameters(model), cov)
+    np.testing.assert_allclose(log_norm, expected_norm, **TOL)
+    np.testing.assert_allclose(log_resp, expected_resp, **TOL)
+
+
+@COVARIANCES
+def test_a_component_with_zero_weight_gets_zero_responsibility(cov, X):
+    weights, means, precisions_cholesky = parameters(fitted_sklearn_model(cov, X))
+    weights = np.array([0.0, weights[1], 1.0 - weights[1]])
+    log_norm, log_resp = estimate_log_resp(X, weights, means, precisions_cholesky, cov)
+    with np.errstate(divide="ignore"):
+        weighted = cov.log_prob(X, means, precisions_cholesky) + np.log(weights)
+    np.testing.assert_allclose(log_norm, logsumexp(weighted, axis=1), **TOL)
+    assert np.all(log_resp[:, 0] == -np.inf) and np.all(np.isfinite(log_resp[:, 1:]))
+    np.testing.assert_allclose(np.exp(log_resp).sum(axis=1), 1.0, rtol=1e-12)
+
+
+@COVARIANCES
+def test_gmm_predictions_match_scikit_learn(cov, X):
+    model = fitted_sklearn_model(cov, X)
+    np.testing.assert_array_equal(gmm_predict(X, *parameters(model), cov), model.predict(X))
+    np.testing.assert_allclose(gmm_predict_proba(X, *parameters(model), cov), model.predict_proba(X), **TOL)
+    np.testing.assert_allclose(gmm_score_samples(X, *parameters(model), cov), model.score_samples(X), **TOL)
+
+
+@COVARIANCES
+def test_gmm_chunk_stats_are_shifted_sums_of_scikit_learn_responsibilities(cov, X):
+    model = fitted_sklearn_model(cov, X)
+    resp = model.predict_proba(X)
+    stats = gmm_chunk_stats(X, *parameters(model), cov)
+    assert stats.n_samples == N_SAMPLES
+    np.testing.assert_allclose(stats.objective, model.score_samples(X).sum(), **TOL)
+    np.testing.assert_allclose(stats.nk, resp.sum(axis=0), **TOL)
+    naive_s1 = np.stack([resp[:, k] @ (X - model.means_[k]) for k in range(K)])
+    np.testing.assert_allclose(stats.s1, naive_s1, rtol=1e-10, atol=1e-10)
+    np.testing.assert_allclose(stats.s2, cov.chunk_s2(X, resp, model.means_), **TOL)
+
+
+@COVARIANCES
+def test_gmm_chunk_stats_of_float32_rows_equal_those_of_the_same_values_in_float64(cov, X):
+    model = fitted_sklearn_model(cov, X)
+    X32 = X.astype(np.float32)
+    from32 = gmm_chunk_stats(X32, *parameters(model), cov)
+    from64 = gmm_chunk_stats(X32.astype(np.float64), *parameters(model), cov)
+    for field in ("nk", "s1", "s2", "objective"):
+        np.testing.assert_array_equal(getattr(from32, field), getattr(from64, field))
+
+
+def test_nearest_center_matches_pairwise_distances_argmin_min(X):
+    centers = X[[3, 50, 120]]
+    labels, squared_distances = nearest_center(X, centers)
+    expected_labels, expected_distances = pairwise_distances_argmin_min(X, centers)
+    assert labels.dtype == np.int64
+    np.testing.assert_array_equal(labels, expected_labels)
+    np.testing.assert_allclose(squared_distances, expected_distances**2, rtol=1e-12, atol=1e-12)
+
+
+def test_nearest_center_breaks_ties_to_the_lowest_index():
+    centers = np.array([[5.0, 5.0], [0.0, 0.0], [5.0, 5.0], [0.0, 0.0]])
+    X = np.array([[0.0, 0.0], [5.0, 5.0], [4.0, 6.0], [2.5, 2.5]])
+    labels, squared_distances = nearest_center(X, centers)
+    np.testing.assert_array_equal(labels, [1, 0, 0, 0])
+    np.testing.assert_array_equal(squared_distances, [0.0, 0.0, 2.0, 12.5])
+
+
+def test_nearest_center_distances_are_exact_on_float32_data_with_a_large_offset():
+    rng = np.random.default_rng(2)
+    centers = 1e5 + np.array([[0.0, 0.0, 0.0], [40.0, -30.0, 10.0]])
+    X32 = (centers[rng.integers(0, 2, size=5000)] + rng.normal(size=(5000, 3))).astype(np.float32)
+    X64 = X32.astype(np.float64)
+    exact = ((X64[:, None, :] - centers) ** 2).sum(axis=2)
+    labels, squared_distances = nearest_center(X32, centers)
+    np.testing.assert_array_equal(labels, exact.argmin(axis=1))
+    np.testing.assert_allclose(squared_distances, exact.min(axis=1), rtol=1e-13)
+
+
+def test_hard_chunk_stats_equal_naive_sums_over_nearest_centre_groups(X):
+    centers = X[[3, 50, 120]] + 0.25
+    labels, _ = pairwise_distances_argmin_min(X, centers)
+    stats = hard_chunk_stats(X, centers)
+    assert stats.s2 is None and stats.n_samples == N_SAMPLES
+    naive_inertia = sum(float(np.sum((x - centers[label]) ** 2)) for x, label in zip(X, labels))
+    np.testing.assert_allclose(stats.objective, naive_inertia, rtol=1e-12)
+    np.testing.assert_array_equal(stats.nk, np.bincount(labels, minlength=K).astype(float))
+    naive_s1 = np.stack([(X[labels == k] - centers[k]).sum(axis=0) for k in range(K)])
+    np.testing.assert_allclose(stats.s1, naive_s1, rtol=1e-12, atol=1e-12)
+
+
+@COVARIANCES
+def test_hard_chunk_stats_with_a_covariance_type_add_one_hot_second_moments(cov, X):
+    centers = X[[3, 50, 120]]
+    labels, _ = pairwise_distances_argmin_min(X, centers)
+    one_hot = (labels[:, None] == np.arange(K)).astype(float)
+    stats = hard_chunk_stats(X, centers, cov)
+    np.testing.assert_allclose(stats.s2, cov.chunk_s2(X, one_hot, centers), rtol=1e-12)
+
+
+def test_kmeans_transform_matches_euclidean_distances(X):
+    centers = X[[3, 50, 120]] + 0.5
+    np.testing.assert_allclose(kmeans_transform(X, centers), euclidean_distances(X, centers), rtol=1e-10)
+
+
+@COVARIANCES
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_every_kernel_accepts_an_empty_slab(cov, dtype, X):
+    model = fitted_sklearn_model(cov, X)
+    empty = np.empty((0, D), dtype=dtype)
+    centers = model.means_
+    log_norm, log_resp = estimate_log_resp(empty, *parameters(model), cov)
+    assert log_norm.shape == (0,) and log_resp.shape == (0, K)
+    assert gmm_predict(empty, *parameters(model), cov).shape == (0,)
+    assert gmm_predict_proba(empty, *parameters(model), cov).shape == (0, K)
+    assert gmm_score_samples(empty, *parameters(model), cov).shape == (0,)
+    assert kmeans_transform(empty, centers).shape == (0, K)
+    labels, squared_distances = nearest_center(empty, centers)
+    assert labels.shape == squared_distances.shape == (0,) and labels.dtype == np.int64
+    zeros = SuffStats.zeros(K, D, cov.s2_shape(K, D))
+    assert_stats_equal(gmm_chunk_stats(empty, *parameters(model), cov), zeros)
+    assert_stats_equal(hard_chunk_stats(empty, centers, cov), zeros)
+    assert_stats_equal(hard_chunk_stats(empty, centers), SuffStats.zeros(K, D))
+
+
+def assert_stats_equal(actual: SuffStats, expected: SuffStats):
+    assert actual.n_samples == expected.n_samples and actual.objective == expected.objective
+    for field in ("nk", "s1", "s2"):
+        a, e = getattr(actual, field), getattr(expected, field)
+        assert (a is None) == (e is None)
+        if e is not None:
+            assert a.shape == e.shape and a.dtype == np.float64
+            np.testing.assert_array_equal(a, e)

@@ -1,0 +1,125 @@
+"""Sufficient statistics merge exactly: any chunking, empty chunks included, in any order."""
+
+import functools
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from sklearn.mixture._gaussian_mixture import _compute_precision_cholesky, _estimate_gaussian_parameters
+
+from daskem.covariance import COVARIANCE_TYPES
+from daskem.kernels import gmm_chunk_stats, hard_chunk_stats
+from daskem.stats import SuffStats, merge_all
+
+N_SAMPLES, D, K = 60, 3, 3  # rows, features, components
+RTOL = 1e-12
+COVARIANCES = pytest.mark.parametrize("cov", list(COVARIANCE_TYPES.values()), ids=list(COVARIANCE_TYPES))
+EXPLICIT_CHUNK_SIZES = [
+    [N_SAMPLES],
+    [0, N_SAMPLES],
+    [N_SAMPLES, 0],
+    [0, 1, 0, N_SAMPLES - 1],
+    [N_SAMPLES - 1, 1],
+    [1] * N_SAMPLES,
+    [7, 0, 0, 13, 40],
+]
+
+
+@functools.lru_cache
+def data():
+    """Rows around three blobs (with a common offset) and one GMM's parameters for each type."""
+    rng = np.random.default_rng(0)
+    blobs = rng.normal(size=(K, D)) * 3 + 50.0
+    X = blobs[rng.integers(0, K, size=N_SAMPLES)] + rng.normal(size=(N_SAMPLES, D))
+    resp = rng.dirichlet(np.ones(K), size=N_SAMPLES)
+    return X, resp
+
+
+@functools.lru_cache
+def gmm_parameters(name):
+    X, resp = data()
+    nk, means, covariances = _estimate_gaussian_parameters(X, resp, 1e-6, name)
+    return nk / nk.sum(), means + 0.1, _compute_precision_cholesky(covariances, name)
+
+
+def kernels(cov):
+    """The two chunk kernels as functions of a slab, with fixed parameters."""
+    weights, means, precisions_cholesky = gmm_parameters(cov.name)
+    return {
+        "gmm": lambda slab: gmm_chunk_stats(slab, weights, means, precisions_cholesky, cov),
+        "hard": lambda slab: hard_chunk_stats(slab, means, cov),
+        "hard_without_s2": lambda slab: hard_chunk_stats(slab, means),
+    }
+
+
+KERNEL_NAMES = pytest.mark.parametrize("kernel", ["gmm", "hard", "hard_without_s2"])
+
+
+def split(X, boundaries):
+    """Slabs between sorted cut points (repeated points make empty slabs)."""
+    cuts = [0, *sorted(boundaries), len(X)]
+    return [X[a:b] for a, b in zip(cuts, cuts[1:])]
+
+
+def assert_stats_close(actual: SuffStats, expected: SuffStats):
+    """Equal up to rounding: rtol 1e-12, with an absolute floor scaled by each field's magnitude."""
+    assert actual.n_samples == expected.n_samples
+    np.testing.assert_allclose(actual.objective, expected.objective, rtol=RTOL)
+    for field in ("nk", "s1", "s2"):
+        a, e = getattr(actual, field), getattr(expected, field)
+        assert (a is None) == (e is None)
+        if e is not None:
+            assert a.shape == e.shape
+            np.testing.assert_allclose(a, e, rtol=RTOL, atol=RTOL * max(np.abs(e).max(), 1.0))
+
+
+@COVARIANCES
+@KERNEL_NAMES
+@settings(max_examples=25, deadline=None)
+@given(boundaries=st.lists(st.integers(0, N_SAMPLES), max_size=6))
+def test_merge_of_chunk_stats_equals_whole_array_stats(cov, kernel, boundaries):
+    X, _ = data()
+    run = kernels(cov)[kernel]
+    assert_stats_close(merge_all(run(slab) for slab in split(X, boundaries)), run(X))
+
+
+@COVARIANCES
+@KERNEL_NAMES
+@pytest.mark.parametrize("sizes", EXPLICIT_CHUNK_SIZES, ids=str)
+def test_merge_of_chunk_stats_equals_whole_array_stats_for_explicit_chunkings(cov, kernel, sizes):
+    X, _ = data()
+    run = kernels(cov)[kernel]
+    slabs = np.split(X, np.cumsum(sizes)[:-1])
+    assert sum(len(slab) for slab in slabs) == N_SAMPLES
+    assert_stats_close(merge_all(run(slab) for slab in slabs), run(X))
+
+
+@COVARIANCES
+@KERNEL_NAMES
+def test_zeros_is_the_neutral_element_of_merge(cov, kernel):
+    X, _ = data()
+    stats = kernels(cov)[kernel](X)
+    s2_shape = None if stats.s2 is None else cov.s2_shape(K, D)
+    zeros = SuffStats.zeros(K, D, s2_shape)
+    assert_stats_close(zeros + stats, stats)
+    assert_stats_close(stats + zeros, stats)
+    assert_stats_close(zeros + zeros, zeros)
+
+
+def tree_merge(stats, fan_in=2):
+    """Merge pairwise, level by level, as a Dask tree reduction would."""
+    while len(stats) > 1:
+        stats = [merge_all(stats[i:i + fan_in]) for i in range(0, len(stats), fan_in)]
+    return stats[0]
+
+
+@COVARIANCES
+@KERNEL_NAMES
+def test_merge_order_does_not_matter_tree_or_chain(cov, kernel):
+    X, _ = data()
+    stats = [kernels(cov)[kernel](slab) for slab in split(X, [0, 5, 5, 17, 30, 31, 44, 60])]
+    chain = merge_all(stats)
+    assert_stats_close(tree_merge(stats), chain)
+    assert_stats_close(tree_merge(stats, fan_in=3), chain)
+    assert_stats_close(merge_all(reversed(stats)), chain)
