@@ -7,10 +7,58 @@ and returns correctly shaped zeros or empties, so empty chunks merge as the neut
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Any, Iterator
+
 import numpy as np
 
-from daskem.covariance import CovarianceType
+from daskem.covariance import CentredRows, CovarianceType
 from daskem.stats import SuffStats
+
+# Rows per block inside a slab: the packed outer products of a block (D(D+1)/2 x rows floats)
+# stay in cache-sized pieces, and no temporary grows with the slab.
+ROW_BLOCK = 2048
+
+
+@dataclass(frozen=True)
+class _Mixture:
+    """A mixture's parameters prepared once per slab: reference, centred means, density terms."""
+
+    cov: CovarianceType
+    reference: np.ndarray
+    centred_means: np.ndarray
+    terms: Any
+    log_det_and_weight: np.ndarray
+
+    @classmethod
+    def prepare(cls, weights, means, precisions_cholesky, cov: CovarianceType) -> "_Mixture":
+        means = np.asarray(means, dtype=np.float64)
+        precisions_cholesky = np.asarray(precisions_cholesky, dtype=np.float64)
+        reference = means.mean(axis=0)
+        with np.errstate(divide="ignore"):  # a zero weight gives -inf, not a warning
+            log_weights = np.log(np.asarray(weights, dtype=np.float64))
+        log_det = cov.log_det_cholesky(precisions_cholesky, means.shape[1])
+        terms = cov.density_terms(means - reference, precisions_cholesky)
+        return cls(cov, reference, means - reference, terms, log_det + log_weights)
+
+    def weighted_log_prob(self, rows: CentredRows) -> np.ndarray:
+        """(n, K) log N(x_i; mu_k, Sigma_k) + log w_k."""
+        return self.cov.log_gaussian(rows, self.terms, self.log_det_and_weight)
+
+
+def _row_blocks(X: np.ndarray, reference: np.ndarray) -> Iterator[CentredRows]:
+    """The slab in blocks of ``ROW_BLOCK`` rows, centred at ``reference``, in float64; one empty block
+    for an empty slab so that every kernel still returns its (empty) result."""
+    for start in range(0, max(X.shape[0], 1), ROW_BLOCK):
+        yield CentredRows.of(X[start : start + ROW_BLOCK], reference)
+
+
+def _responsibilities(mixture: _Mixture, rows: CentredRows) -> tuple[np.ndarray, np.ndarray]:
+    """(n,) log p(x_i) and (n, K) responsibilities of one block, by log-sum-exp."""
+    weighted = mixture.weighted_log_prob(rows)
+    log_norm = _logsumexp_rows(weighted)
+    weighted -= log_norm[:, None]
+    return log_norm, np.exp(weighted, out=weighted)
 
 
 def estimate_log_resp(
@@ -21,7 +69,8 @@ def estimate_log_resp(
     cov: CovarianceType,
 ) -> tuple[np.ndarray, np.ndarray]:
     """E-step on one slab: (n,) log p(x_i) and (n, K) log responsibilities, by log-sum-exp."""
-    weighted = _weighted_log_prob(X, weights, means, precisions_cholesky, cov)
+    mixture = _Mixture.prepare(weights, means, precisions_cholesky, cov)
+    weighted = _map_blocks(X, mixture, mixture.weighted_log_prob)
     log_norm = _logsumexp_rows(weighted)
     return log_norm, weighted - log_norm[:, None]
 
@@ -33,17 +82,26 @@ def gmm_chunk_stats(
     precisions_cholesky: np.ndarray,
     cov: CovarianceType,
 ) -> SuffStats:
-    """E-step and sufficient statistics of one slab, shifted by the current ``means``."""
-    X = np.asarray(X, dtype=np.float64)
-    means = np.asarray(means, dtype=np.float64)
-    log_norm, log_resp = estimate_log_resp(X, weights, means, precisions_cholesky, cov)
-    resp = np.exp(log_resp)
+    """E-step and sufficient statistics of one slab, shifted by the current ``means``.
+
+    Rows are centred at the mean of the means; the sums ``a_k = sum_i r_ik y_i`` then give
+    ``s1 = a_k - n_k d_k`` without the cancellation of ``resp.T @ X - n_k mu_k`` on offset data.
+    """
+    mixture = _Mixture.prepare(weights, means, precisions_cholesky, cov)
+    n_components, n_features = mixture.centred_means.shape
+    total = SuffStats.zeros(n_components, n_features, cov.s2_shape(n_components, n_features))
+    for rows in _row_blocks(X, mixture.reference):
+        log_norm, resp = _responsibilities(mixture, rows)
+        total = total + _weighted_stats(rows, resp, mixture.centred_means, float(log_norm.sum()), cov)
+    return total
+
+
+def _weighted_stats(rows: CentredRows, resp, centred_shift, objective: float, cov) -> SuffStats:
+    """Statistics of one block under responsibilities ``resp``, shifted by ``centred_shift``."""
     nk = resp.sum(axis=0)
-    # s1 = sum_i r_ik (x_i - mu_k) around the mean of the means: a large common offset is removed
-    # before the product, where resp.T @ X - nk * means would cancel it catastrophically.
-    reference = means.mean(axis=0)
-    s1 = resp.T @ (X - reference) - nk[:, None] * (means - reference)
-    return SuffStats(X.shape[0], float(log_norm.sum()), nk, s1, cov.chunk_s2(X, resp, means))
+    sums = resp.T @ rows.values
+    s2 = None if cov is None else cov.second_moments(rows, resp, centred_shift, sums)
+    return SuffStats(rows.n_rows, objective, nk, sums - nk[:, None] * centred_shift, s2)
 
 
 def nearest_center(X: np.ndarray, centers: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -56,22 +114,31 @@ def hard_chunk_stats(X: np.ndarray, centers: np.ndarray, cov: CovarianceType | N
     """k-means statistics of one slab: one-hot nearest-centre responsibilities, shifted by ``centers``.
 
     The objective is the inertia; ``s2`` is filled only when ``cov`` is given (to start a GMM from
-    k-means labels).
+    k-means labels). Distances come from one GEMM per block on rows centred at the mean of the
+    centres, and the counts and sums from one product with the one-hot assignments.
     """
-    X = np.asarray(X, dtype=np.float64)
     centers = np.asarray(centers, dtype=np.float64)
     n_components, n_features = centers.shape
-    labels, differences = _assign(X, centers)
-    nk = np.bincount(labels, minlength=n_components).astype(np.float64)
-    s1 = np.zeros((n_components, n_features))
-    for feature in range(n_features):
-        s1[:, feature] = np.bincount(labels, weights=differences[:, feature], minlength=n_components)
-    inertia = float(np.einsum("nd,nd->", differences, differences))
-    s2 = None
-    if cov is not None:
-        one_hot = (labels[:, None] == np.arange(n_components)).astype(np.float64)
-        s2 = cov.chunk_s2(X, one_hot, centers)
-    return SuffStats(X.shape[0], inertia, nk, s1, s2)
+    reference = centers.mean(axis=0)
+    centred_centers = centers - reference
+    scaled_centers = -2.0 * centred_centers.T
+    center_norms = np.einsum("kd,kd->k", centred_centers, centred_centers)
+    components = np.arange(n_components)
+    total = SuffStats.zeros(n_components, n_features, None if cov is None else cov.s2_shape(n_components, n_features))
+    for rows in _row_blocks(X, reference):
+        distances = rows.values @ scaled_centers
+        distances += center_norms
+        labels = distances.argmin(axis=1)
+        nearest = distances[np.arange(rows.n_rows), labels] + rows.norms
+        one_hot = (labels[:, None] == components).astype(np.float64)
+        inertia = float(np.maximum(nearest, 0.0).sum())
+        total = total + _weighted_stats(rows, one_hot, centred_centers, inertia, cov)
+    return total
+
+
+def _map_blocks(X: np.ndarray, mixture: _Mixture, function) -> np.ndarray:
+    """Concatenate ``function(rows)`` over the row blocks of the slab."""
+    return np.concatenate([function(rows) for rows in _row_blocks(X, mixture.reference)])
 
 
 def gmm_predict(
@@ -82,8 +149,8 @@ def gmm_predict(
     cov: CovarianceType,
 ) -> np.ndarray:
     """(n,) int64 most probable component of each row."""
-    weighted = _weighted_log_prob(X, weights, means, precisions_cholesky, cov)
-    return np.argmax(weighted, axis=1).astype(np.int64)
+    mixture = _Mixture.prepare(weights, means, precisions_cholesky, cov)
+    return _map_blocks(X, mixture, lambda rows: np.argmax(mixture.weighted_log_prob(rows), axis=1)).astype(np.int64)
 
 
 def gmm_predict_proba(
@@ -111,13 +178,6 @@ def gmm_score_samples(
 def kmeans_transform(X: np.ndarray, centers: np.ndarray) -> np.ndarray:
     """(n, K) Euclidean distance from each row to each centre."""
     return np.sqrt(_squared_distances(*_centred(X, centers)))
-
-
-def _weighted_log_prob(X, weights, means, precisions_cholesky, cov: CovarianceType) -> np.ndarray:
-    """(n, K) log N(x_i; mu_k, Sigma_k) + log w_k; a zero weight gives -inf, not a warning."""
-    with np.errstate(divide="ignore"):
-        log_weights = np.log(np.asarray(weights, dtype=np.float64))
-    return cov.log_prob(X, means, precisions_cholesky) + log_weights
 
 
 def _logsumexp_rows(values: np.ndarray) -> np.ndarray:

@@ -1,0 +1,213 @@
+"""The interface every covariance type implements, and what all types share.
+
+Each type knows the shapes of its parameters and statistics, the M-step from shifted sufficient
+statistics, the precision Cholesky factors (scikit-learn's conventions exactly) and the Gaussian
+log-density. Types come in two families: matrix types (``full``, ``tied``) and variance types
+(``diag``, ``spherical``); within a family they differ only in how per-component quantities are
+pooled (``_pool``) and expanded back to one entry per component (``_expand``), and in the few
+products where pooling first saves work.
+"""
+
+from __future__ import annotations
+
+import math
+from abc import ABC, abstractmethod
+from typing import Any
+
+import numpy as np
+
+from daskem.covariance.rows import CentredRows
+
+LOG_2PI = math.log(2.0 * math.pi)
+
+
+class CovarianceType(ABC):
+    """Interface of a covariance type; the methods common to all types are implemented here."""
+
+    name: str
+    # How messages call one entry of ``covariances_`` and what it must be.
+    _noun: str
+    _requirement: str
+
+    # ----- per-type structure -------------------------------------------------------------
+
+    @abstractmethod
+    def covariances_shape(self, n_components: int, n_features: int) -> tuple[int, ...]:
+        """Shape of ``covariances_`` (also of ``precisions_cholesky_`` and ``precisions_``)."""
+
+    @abstractmethod
+    def n_parameters(self, n_components: int, n_features: int) -> int:
+        """Number of free parameters of the covariances alone (no means, no weights)."""
+
+    @abstractmethod
+    def _pool(self, per_component: np.ndarray) -> np.ndarray:
+        """Reduce a per-component array ((K, D, D) or (K, D)) to this type's parameter shape."""
+
+    @abstractmethod
+    def _expand(self, values: np.ndarray, n_components: int, n_features: int) -> np.ndarray:
+        """Broadcast parameters of this type to one entry per component ((K, D, D) or (K, D))."""
+
+    @abstractmethod
+    def _describe(self, index: tuple[int, ...], noun: str) -> str:
+        """Name the parameter entry at ``index`` for an error message, e.g. 'covariance of component 2'."""
+
+    @abstractmethod
+    def _weighted_products(self, rows: CentredRows, resp: np.ndarray) -> np.ndarray:
+        """``sum_i r_ik y_i y_i^T`` (or its diagonal), pooled to this type's shape."""
+
+    @abstractmethod
+    def density_terms(self, centred_means: np.ndarray, precisions_cholesky: np.ndarray) -> Any:
+        """Whatever ``squared_mahalanobis`` needs, computed once per slab from the parameters."""
+
+    @abstractmethod
+    def squared_mahalanobis(self, rows: CentredRows, terms: Any) -> np.ndarray:
+        """(n, K) squared Mahalanobis distances of centred rows to the centred means."""
+
+    # ----- implemented once per family ----------------------------------------------------
+    # Families also provide the private hooks used below: _outer, _cross, _regularize, _draw
+    # and _check_positive.
+
+    @abstractmethod
+    def precision_cholesky(self, covariances: np.ndarray, *, reg_covar: float | None = None) -> np.ndarray:
+        """Cholesky factors of the precisions; ``reg_covar`` is only quoted in the error message."""
+
+    @abstractmethod
+    def precision_cholesky_from_precisions(self, precisions: np.ndarray) -> np.ndarray:
+        """Precision Cholesky factors from precisions (for ``precisions_init``)."""
+
+    @abstractmethod
+    def precisions(self, precisions_cholesky: np.ndarray) -> np.ndarray:
+        """``precisions_`` from ``precisions_cholesky_``, as scikit-learn computes them."""
+
+    @abstractmethod
+    def covariances_from_precision_cholesky(self, precisions_cholesky: np.ndarray) -> np.ndarray:
+        """Covariances from the precision Cholesky factors (for models given by precisions)."""
+
+    @abstractmethod
+    def log_det_cholesky(self, precisions_cholesky: np.ndarray, n_features: int) -> np.ndarray:
+        """Log-determinant of each precision Cholesky factor: (K,), or a 0-d value for a shared one."""
+
+    @abstractmethod
+    def as_full(self, covariances: np.ndarray, n_components: int, n_features: int) -> np.ndarray:
+        """(K, D, D) full covariance matrices equivalent to these parameters."""
+
+    # ----- common to all types ------------------------------------------------------------
+
+    def s2_shape(self, n_components: int, n_features: int) -> tuple[int, ...]:
+        """Shape of the second-moment statistic: the covariances' own shape, pooled the same way."""
+        return self.covariances_shape(n_components, n_features)
+
+    def second_moments(
+        self, rows: CentredRows, resp: np.ndarray, centred_shift: np.ndarray, weighted_sums: np.ndarray
+    ) -> np.ndarray:
+        """Second moments around the shift ``c_k``, from rows centred at a common reference ``g``.
+
+        ``sum_i r_ik (y_i - d_k)(y_i - d_k)^T = S_k - d_k a_k^T - a_k d_k^T + n_k d_k d_k^T`` with
+        ``d_k = c_k - g`` and ``a_k = sum_i r_ik y_i`` (``weighted_sums``): one product over the rows
+        for all components, then a correction the size of the spread between the means.
+        """
+        nk = resp.sum(axis=0)
+        outer = self._outer(centred_shift)
+        correction = self._cross(centred_shift, weighted_sums) - _per_component(nk, outer) * outer
+        return self._weighted_products(rows, resp) - self._pool(correction)
+
+    def chunk_s2(self, X: np.ndarray, resp: np.ndarray, shift: np.ndarray) -> np.ndarray:
+        """Second moments of one slab around ``shift`` (K, D), weighted by ``resp`` (n, K), pooled by type."""
+        shift = np.asarray(shift, dtype=np.float64)
+        reference = shift.mean(axis=0)
+        rows = CentredRows.of(X, reference)
+        resp = np.asarray(resp, dtype=np.float64)
+        return self.second_moments(rows, resp, shift - reference, resp.T @ rows.values)
+
+    def covariances_from_stats(
+        self, nk: np.ndarray, offsets: np.ndarray, s2: np.ndarray, reg_covar: float
+    ) -> np.ndarray:
+        """M-step: covariances from shifted statistics, ``(s2 - pool(nk d d^T)) / pool(nk) + reg_covar I``.
+
+        ``nk`` already includes scikit-learn's ``10 * eps``; ``offsets = s1 / nk`` are the new means
+        minus the shift, so no raw moment is ever formed.
+        """
+        nk = np.asarray(nk, dtype=np.float64)
+        offsets = np.asarray(offsets, dtype=np.float64)
+        outer = self._outer(offsets)
+        counts = _per_component(nk, outer)
+        centred_s2 = np.asarray(s2, dtype=np.float64) - self._pool(counts * outer)
+        covariances = centred_s2 / self._pool(np.broadcast_to(counts, outer.shape))
+        return self._regularize(covariances, reg_covar)
+
+    def log_gaussian(self, rows: CentredRows, terms: Any, log_det: np.ndarray) -> np.ndarray:
+        """(n, K) log N(x_i; mu_k, Sigma_k) from prepared terms and log-determinants."""
+        n_features = rows.values.shape[1]
+        return -0.5 * (n_features * LOG_2PI + self.squared_mahalanobis(rows, terms)) + log_det
+
+    def log_prob(self, X: np.ndarray, means: np.ndarray, precisions_cholesky: np.ndarray) -> np.ndarray:
+        """(n, K) log N(x_i; mu_k, Sigma_k), computed on data centred at the mean of the means.
+
+        Centring first keeps float32 data with a large common offset accurate: the products only
+        ever see differences of the size of the spread between components.
+        """
+        means = np.asarray(means, dtype=np.float64)
+        precisions_cholesky = np.asarray(precisions_cholesky, dtype=np.float64)
+        reference = means.mean(axis=0)
+        terms = self.density_terms(means - reference, precisions_cholesky)
+        log_det = self.log_det_cholesky(precisions_cholesky, means.shape[1])
+        return self.log_gaussian(CentredRows.of(X, reference), terms, log_det)
+
+    def sample(
+        self, rng: np.random.Generator, means: np.ndarray, covariances: np.ndarray, counts: np.ndarray
+    ) -> np.ndarray:
+        """(sum(counts), D) rows drawn component by component, ``counts[k]`` from component k."""
+        means = np.asarray(means, dtype=np.float64)
+        n_components, n_features = means.shape
+        counts = np.asarray(counts)
+        if counts.shape != (n_components,) or np.any(counts < 0):
+            raise ValueError(f"counts must be {n_components} non-negative integers, got {counts!r}")
+        per_component = self._expand(np.asarray(covariances, dtype=np.float64), n_components, n_features)
+        draws = [self._draw(rng, means[k], per_component[k], int(counts[k])) for k in range(n_components)]
+        return np.vstack(draws).reshape(-1, n_features)
+
+    def check_precisions(self, precisions: np.ndarray, n_components: int, n_features: int) -> np.ndarray:
+        """Validate a user's ``precisions_init`` (shape, finite, symmetric, positive); return float64."""
+        return self._check_parameter(precisions, n_components, n_features, "precisions_init", "precision")
+
+    def check_covariances(self, covariances: np.ndarray, n_components: int, n_features: int) -> np.ndarray:
+        """Validate loaded or user-given ``covariances`` the same way; return them as float64."""
+        return self._check_parameter(covariances, n_components, n_features, "covariances", self._noun)
+
+    def _check_parameter(self, values, n_components: int, n_features: int, label: str, noun: str):
+        values = np.asarray(values, dtype=np.float64)
+        expected = self.covariances_shape(n_components, n_features)
+        if values.shape != expected:
+            raise ValueError(
+                f"{label} for covariance_type '{self.name}' with {n_components} components and "
+                f"{n_features} features must have shape {expected}, got {values.shape}"
+            )
+        if not np.all(np.isfinite(values)):
+            raise ValueError(f"{label} contains NaN or infinity")
+        self._check_positive(values, label, noun)
+        return values
+
+    def _non_finite_error(self, index: tuple[int, ...]) -> ValueError:
+        """The M-step's error for NaN or infinite statistics: they come from the data, not from collapse."""
+        what = self._describe(index, self._noun)
+        return ValueError(f"{what} contains NaN or infinity: check the data for NaN or infinite values")
+
+    def _not_positive_error(self, index: tuple[int, ...], detail: str, reg_covar: float | None) -> ValueError:
+        """The M-step's error for a collapsed component: what, how bad, and the fix."""
+        what = self._describe(index, self._noun)
+        fix = "increase reg_covar" + ("" if reg_covar is None else f" (now {reg_covar:g})")
+        return ValueError(
+            f"{what} is not {self._requirement} ({detail}; it has collapsed onto too few distinct rows): "
+            f"{fix}, reduce n_components, or standardize the features"
+        )
+
+
+def _per_component(nk: np.ndarray, like: np.ndarray) -> np.ndarray:
+    """``nk`` shaped to broadcast against a per-component array ``like``."""
+    return nk.reshape((-1,) + (1,) * (like.ndim - 1))
+
+
+def first_index(mask: np.ndarray) -> tuple[int, ...] | None:
+    """Index tuple of the first True entry of ``mask`` (row-major), or None."""
+    flat = np.flatnonzero(mask)
+    return None if flat.size == 0 else tuple(int(i) for i in np.unravel_index(flat[0], mask.shape))

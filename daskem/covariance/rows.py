@@ -1,0 +1,77 @@
+"""A block of rows centred at a common reference, with the products the kernels reuse.
+
+The E-step and the statistics of one block need the same products of the rows (squares, packed
+outer products); they are computed once, on first use. Centring every row at one reference (the
+mean of the current means) removes a large common offset before any product, so float32 data far
+from the origin loses nothing, and every product is a BLAS-3 call over the whole block.
+"""
+
+from __future__ import annotations
+
+from functools import cached_property
+
+import numpy as np
+
+
+def packed_indices(n_features: int) -> tuple[np.ndarray, np.ndarray]:
+    """Row and column indices of the upper triangle, in the order of ``CentredRows.packed_outer``."""
+    return np.triu_indices(n_features)
+
+
+class CentredRows:
+    """Rows ``y_i = x_i - reference`` of one block, in float64."""
+
+    def __init__(self, values: np.ndarray):
+        self.values = values
+
+    @classmethod
+    def of(cls, X: np.ndarray, reference: np.ndarray) -> "CentredRows":
+        return cls(np.asarray(X, dtype=np.float64) - reference)
+
+    @property
+    def n_rows(self) -> int:
+        return self.values.shape[0]
+
+    @cached_property
+    def squares(self) -> np.ndarray:
+        """(n, D) elementwise squares."""
+        return self.values * self.values
+
+    @cached_property
+    def norms(self) -> np.ndarray:
+        """(n,) squared Euclidean norms."""
+        return self.squares.sum(axis=1)
+
+    @cached_property
+    def packed_outer(self) -> np.ndarray:
+        """(D(D+1)/2, n) upper triangles of the outer products y_i y_i^T, one column per row.
+
+        Stored transposed so each feature pair is one contiguous broadcast product; then both
+        ``sum_i r_ik y_i y_i^T`` (M-step) and ``y_i^T A_k y_i`` (E-step) are single GEMMs whose inner
+        or outer dimension is the number of pairs, instead of K small products per component.
+        """
+        transposed = np.ascontiguousarray(self.values.T)
+        n_features, n_rows = transposed.shape
+        packed = np.empty((n_features * (n_features + 1) // 2, n_rows))
+        start = 0
+        for feature in range(n_features):
+            width = n_features - feature
+            np.multiply(transposed[feature], transposed[feature:], out=packed[start : start + width])
+            start += width
+        return packed
+
+
+def pack_symmetric(matrices: np.ndarray) -> np.ndarray:
+    """(P, K) coefficients c with ``packed_outer.T @ c == y^T A_k y`` for symmetric (K, D, D) ``A``."""
+    rows, columns = packed_indices(matrices.shape[-1])
+    doubled = np.where(rows == columns, 1.0, 2.0)
+    return (matrices[:, rows, columns] * doubled).T
+
+
+def unpack_symmetric(packed: np.ndarray, n_features: int) -> np.ndarray:
+    """(K, D, D) symmetric matrices from (P, K) packed upper triangles."""
+    rows, columns = packed_indices(n_features)
+    matrices = np.empty((packed.shape[1], n_features, n_features))
+    matrices[:, rows, columns] = packed.T
+    matrices[:, columns, rows] = packed.T
+    return matrices

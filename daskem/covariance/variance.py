@@ -1,0 +1,121 @@
+"""Variance covariance types: per component and feature (``diag``) or per component (``spherical``)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from daskem.covariance.base import CovarianceType, first_index
+
+
+class _VarianceCovariance(CovarianceType):
+    """Types whose parameters are variances: per component and feature (diag) or per component (spherical)."""
+
+    _noun = "variance"
+    _requirement = "positive"
+
+    def _outer(self, offsets):
+        return offsets * offsets
+
+    def _cross(self, shift, sums):
+        return 2.0 * shift * sums
+
+    def _weighted_products(self, rows, resp):
+        """``sum_i r_ik y_i**2`` for all components in one GEMM, pooled by type."""
+        return self._pool(resp.T @ rows.squares)
+
+    def density_terms(self, centred_means, precisions_cholesky):
+        """Per-feature precisions, ``p_k * m_k`` and ``sum_d p_kd m_kd^2``."""
+        precisions = self._expand(precisions_cholesky, *centred_means.shape) ** 2
+        weighted_means = centred_means * precisions
+        return precisions, weighted_means, np.sum(centred_means * weighted_means, axis=1)
+
+    def squared_mahalanobis(self, rows, terms):
+        """(n, K) ``sum_d p_kd (y_d - m_kd)^2`` as GEMMs; accurate because the inputs are centred."""
+        precisions, weighted_means, constant = terms
+        distances = rows.squares @ precisions.T
+        distances -= 2.0 * (rows.values @ weighted_means.T)
+        distances += constant
+        return np.maximum(distances, 0.0)
+
+    def _regularize(self, covariances, reg_covar):
+        return covariances + reg_covar
+
+    def precision_cholesky(self, covariances, *, reg_covar=None):
+        covariances = np.asarray(covariances, dtype=np.float64)
+        non_finite = first_index(~np.isfinite(covariances))
+        if non_finite is not None:
+            raise self._non_finite_error(non_finite)
+        not_positive = first_index(covariances <= 0)
+        if not_positive is not None:
+            raise self._not_positive_error(not_positive, f"it is {covariances[not_positive]:.3g}", reg_covar)
+        return 1.0 / np.sqrt(covariances)
+
+    def precision_cholesky_from_precisions(self, precisions):
+        return np.sqrt(np.asarray(precisions, dtype=np.float64))
+
+    def precisions(self, precisions_cholesky):
+        return np.asarray(precisions_cholesky, dtype=np.float64) ** 2
+
+    def covariances_from_precision_cholesky(self, precisions_cholesky):
+        return 1.0 / np.asarray(precisions_cholesky, dtype=np.float64) ** 2
+
+    def log_det_cholesky(self, precisions_cholesky, n_features):
+        factors = np.asarray(precisions_cholesky, dtype=np.float64)
+        return np.sum(np.log(self._expand(factors, factors.shape[0], n_features)), axis=1)
+
+    def _draw(self, rng, mean, covariance, count):
+        return mean + rng.standard_normal(size=(count, mean.shape[0])) * np.sqrt(covariance)
+
+    def _check_positive(self, values, label, noun):
+        not_positive = first_index(values <= 0)
+        if not_positive is not None:
+            what = self._describe(not_positive, noun)
+            raise ValueError(f"{label} is invalid: {what} is {values[not_positive]:.3g}, not positive")
+
+    def as_full(self, covariances, n_components, n_features):
+        variances = self._expand(np.asarray(covariances, dtype=np.float64), n_components, n_features)
+        full = np.zeros((n_components, n_features, n_features))
+        full[:, np.arange(n_features), np.arange(n_features)] = variances
+        return full
+
+
+class DiagCovariance(_VarianceCovariance):
+    """Each component has its own diagonal covariance: one variance per feature."""
+
+    name = "diag"
+
+    def covariances_shape(self, n_components, n_features):
+        return (n_components, n_features)
+
+    def n_parameters(self, n_components, n_features):
+        return n_components * n_features
+
+    def _pool(self, per_component):
+        return per_component
+
+    def _expand(self, values, n_components, n_features):
+        return values
+
+    def _describe(self, index, noun):
+        return f"{noun} of feature {index[1]} in component {index[0]}"
+
+
+class SphericalCovariance(_VarianceCovariance):
+    """Each component has one variance shared by all features (the mean of its diagonal variances)."""
+
+    name = "spherical"
+
+    def covariances_shape(self, n_components, n_features):
+        return (n_components,)
+
+    def n_parameters(self, n_components, n_features):
+        return n_components
+
+    def _pool(self, per_component):
+        return per_component.sum(axis=-1)
+
+    def _expand(self, values, n_components, n_features):
+        return np.broadcast_to(values[:, None], (n_components, n_features))
+
+    def _describe(self, index, noun):
+        return f"{noun} of component {index[0]}"
