@@ -5,9 +5,29 @@ tree-reduced on the cluster; the M-step runs on the client. Data is read once pe
 never gathered.
 """
 
-from daskem.gmm import GaussianMixture
-from daskem.kmeans import KMeans
+from importlib import import_module
 
 __version__ = "0.1.0"
 
-__all__ = ["GaussianMixture", "KMeans", "__version__"]
+# Public names and the modules that define them, imported on first use so that the command line
+# answers (and fails on bad input) without paying for scikit-learn's import.
+_EXPORTS = {
+    "GaussianMixture": "daskem.gmm",
+    "KMeans": "daskem.kmeans",
+    "fit_candidates": "daskem.selection",
+    "load_model": "daskem.outputs",
+}
+
+__all__ = [*_EXPORTS, "__version__"]
+
+
+def __getattr__(name):
+    if name in _EXPORTS:
+        value = getattr(import_module(_EXPORTS[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'daskem' has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(__all__)

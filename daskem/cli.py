@@ -1,0 +1,169 @@
+"""``daskem`` / ``python -m daskem``: run | validate | predict | make-data.
+
+The command line only parses arguments and calls ``daskem.pipeline`` (or ``daskem.datagen``).
+Exit status: 0 on success; 2 for a bad config, bad data or an output in the way, printed as one
+line ``error: ...`` without a traceback; 130 when interrupted. Anything else is a bug and keeps
+its traceback (exit 1).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Sequence
+
+from .errors import DaskemUserError
+
+EPILOG = "Exit status: 0 success, 2 bad config / data / output (one 'error:' line), 130 interrupted."
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    from .progress import configure_logging
+
+    configure_logging(-1 if args.quiet else args.verbose)
+    try:
+        return args.handler(args)
+    except DaskemUserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("error: interrupted; no output was marked complete", file=sys.stderr)
+        return 130
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="daskem",
+        description="Fit k-means and Gaussian mixtures by EM over Dask chunks of a Zarr store.",
+        epilog=EPILOG,
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def command(name: str, help: str, handler) -> argparse.ArgumentParser:
+        sub = commands.add_parser(name, help=help, description=help, epilog=EPILOG)
+        sub.set_defaults(handler=handler)
+        noise = sub.add_mutually_exclusive_group()
+        noise.add_argument("-v", "--verbose", action="count", default=0, help="more log lines (-vv: distributed's too)")
+        noise.add_argument("-q", "--quiet", action="store_true", help="warnings and errors only")
+        return sub
+
+    def config_arguments(sub: argparse.ArgumentParser) -> None:
+        sub.add_argument("config", help="YAML config file (see configs/)")
+        sub.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                         help="override a config value, e.g. --set model.n_components=12 (repeatable; "
+                              "the value is read as YAML)")
+
+    run = command("run", "Fit the model a config describes and write model/, predictions.zarr and run.json.", _run)
+    config_arguments(run)
+    run.add_argument("--no-progress", action="store_true", help="no progress bars over chunks")
+
+    check = command("validate", "Check a config and open its data (shape, dtype, chunks) without fitting.", _validate)
+    config_arguments(check)
+
+    pred = command("predict", "Apply a saved model to a Zarr store; write predictions.zarr and run.json.", _predict)
+    pred.add_argument("model", help="a run's output directory, or its model/ directory")
+    pred.add_argument("data", help="Zarr store: local path or fsspec URL")
+    pred.add_argument("-o", "--output", required=True, help="output directory (created)")
+    pred.add_argument("--array", help="array inside the store's group")
+    pred.add_argument("--storage-option", dest="storage_options", action="append", default=[], metavar="KEY=VALUE",
+                      help="fsspec option for a URL (repeatable)")
+    pred.add_argument("--chunk-rows", type=int, help="rows per task (default: the store's chunks)")
+    pred.add_argument("--no-labels", action="store_true", help="do not write labels")
+    pred.add_argument("--responsibilities", action="store_true", help="write responsibilities (gmm)")
+    pred.add_argument("--log-density", action="store_true", help="write log_density (gmm)")
+    pred.add_argument("--overwrite", action="store_true", help="replace an existing output directory")
+    pred.add_argument("--address", help="scheduler address; default: an embedded cluster")
+    pred.add_argument("--n-workers", type=int, default=2, help="embedded cluster: worker processes (default 2)")
+    pred.add_argument("--threads-per-worker", type=int, default=1, help="embedded cluster: threads per worker")
+    pred.add_argument("--memory-limit", default="4GiB", help="embedded cluster: memory per worker (default 4GiB)")
+    pred.add_argument("--no-progress", action="store_true", help="no progress bars over chunks")
+
+    make = command("make-data", "Write a synthetic Gaussian-mixture data set to Zarr, chunk by chunk; "
+                   "its true parameters go to <path>.truth/.", _make_data)
+    make.add_argument("path", help="Zarr store to create: local path or fsspec URL")
+    make.add_argument("--n-samples", "--rows", type=int, required=True, help="number of rows")
+    make.add_argument("--n-features", "--features", type=int, default=2, help="number of columns (default 2)")
+    make.add_argument("--n-components", "--components", type=int, default=3, help="number of true components (default 3)")
+    make.add_argument("--chunk-rows", type=int, help="rows per Zarr chunk (default: 1/16 of the rows, at most 32 MiB)")
+    make.add_argument("--shard-rows", type=int, help="rows per shard (Zarr v3; a multiple of --chunk-rows)")
+    make.add_argument("--dtype", default="float64", choices=("float32", "float64"), help="default float64")
+    make.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    make.add_argument("--separation", type=float, default=8.0,
+                      help="spread of the true means, in units of the components' scale (default 8)")
+    make.add_argument("--array", default="X", help="array name inside a group (default X)")
+    make.add_argument("--root-array", action="store_true", help="write the array at the store's root, no group")
+    make.add_argument("--zarr-format", type=int, default=3, choices=(2, 3), help="Zarr format (default 3)")
+    make.add_argument("--storage-option", dest="storage_options", action="append", default=[], metavar="KEY=VALUE",
+                      help="fsspec option for a URL (repeatable)")
+    make.add_argument("--overwrite", action="store_true", help="replace an existing store")
+    return parser
+
+
+def _run(args) -> int:
+    from .config import load_config
+    from .pipeline import run
+
+    config = load_config(args.config, args.overrides)
+    result = run(config, progress=not args.no_progress)
+    print(result.output)
+    return 0
+
+
+def _validate(args) -> int:
+    from .config import load_config
+    from .pipeline import validate
+
+    config = load_config(args.config, args.overrides)
+    source = validate(config)
+    model = config.model
+    what = f"{model.kind}, {model.n_components} components" + (
+        f", {model.covariance_type} covariances" if model.kind == "gmm" else "")
+    print(f"ok: {args.config}: {source.name}: {source.shape[0]} rows x {source.shape[1]} features, "
+          f"{source.dtype}, {len(source.row_chunks)} chunks of up to {max(source.row_chunks)} rows; "
+          f"model {what}; output {config.output.local_path}")
+    return 0
+
+
+def _predict(args) -> int:
+    from .config import PredictConfig, parse_config
+    from .pipeline import predict
+
+    raw = {
+        "model_path": args.model,
+        "data": {"path": args.data, "array": args.array, "chunk_rows": args.chunk_rows,
+                 "storage_options": _options(args.storage_options)},
+        "cluster": {"address": args.address, "n_workers": args.n_workers,
+                    "threads_per_worker": args.threads_per_worker, "memory_limit": args.memory_limit},
+        "output": {"path": args.output, "labels": not args.no_labels, "responsibilities": args.responsibilities,
+                   "log_density": args.log_density, "overwrite": args.overwrite},
+    }
+    config = parse_config(raw, source="predict", model=PredictConfig)
+    result = predict(config, progress=not args.no_progress)
+    print(result.output)
+    return 0
+
+
+def _make_data(args) -> int:
+    from .datagen import make_data
+
+    summary = make_data(
+        args.path, n_samples=args.n_samples, n_features=args.n_features, n_components=args.n_components,
+        chunk_rows=args.chunk_rows, shard_rows=args.shard_rows, dtype=args.dtype, seed=args.seed,
+        separation=args.separation, array=None if args.root_array else args.array, zarr_format=args.zarr_format,
+        storage_options=_options(args.storage_options), overwrite=args.overwrite,
+    )
+    print(summary["path"])
+    return 0
+
+
+def _options(pairs: Sequence[str]) -> dict:
+    from .config import ConfigError, apply_override
+
+    out: dict = {}
+    for pair in pairs:
+        if "=" not in pair:
+            raise ConfigError(f"--storage-option {pair!r}: write it as key=value")
+        out = apply_override(out, pair)
+    return out

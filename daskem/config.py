@@ -1,0 +1,360 @@
+"""The run configuration: YAML validated by typed, frozen pydantic models.
+
+``load_config(path, overrides)`` reads a YAML file, applies ``--set section.key=value`` overrides,
+expands ``${ENV_VAR}`` (and ``${ENV_VAR:-default}``) in string values, and validates the result
+into one frozen ``DaskemConfig``. Unknown keys are refused with the closest valid key suggested;
+every problem becomes a ``ConfigError`` whose one-line message names the key and the fix.
+Relative paths are relative to the current directory, not to the YAML file.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+import re
+import types
+import typing
+from pathlib import Path
+from typing import Any, Literal, Optional
+
+import yaml
+from dask.utils import parse_bytes
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    NonNegativeFloat,
+    PositiveInt,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from .errors import ConfigError
+
+COVARIANCE_TYPES = ("full", "tied", "diag", "spherical")
+INITS = {  # the estimators' own choices (daskem.gmm.INIT_PARAMS, daskem.kmeans.INIT_METHODS)
+    "gmm": ("kmeans", "k-means||", "k-means++", "random", "random_from_data"),
+    "kmeans": ("k-means||", "k-means++", "random"),
+}
+DEFAULTS = {
+    "gmm": {"covariance_type": "full", "tol": 1e-3, "reg_covar": 1e-6, "init": "kmeans"},
+    "kmeans": {"tol": 1e-4, "init": "k-means||"},
+}
+GMM_ONLY_KEYS = ("covariance_type", "reg_covar")
+LOCAL_PROTOCOLS = ("file", "local")
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class DataConfig(_Section):
+    """Where the rows to cluster live."""
+
+    path: str = Field(description="Zarr store: a local path or an fsspec URL (file://, s3://, ...).")
+    array: Optional[str] = Field(
+        None, description="Path of the array inside the store's group; leave out when the store is an array."
+    )
+    storage_options: dict[str, Any] = Field(
+        default_factory=dict, description="Options passed to fsspec for a URL (credentials, endpoint, ...)."
+    )
+    chunk_rows: Optional[PositiveInt] = Field(
+        None,
+        description="Rows per task; default: the store's row chunk (its shard when sharded). "
+        "A multiple of the store's row chunk avoids reading a chunk twice.",
+    )
+    cache: Literal["none", "memory", "auto"] = Field(
+        "none",
+        description="none: stream from the store every pass; memory: keep the (preprocessed) rows in "
+        "the workers' memory; auto: keep them when they fit in half of the cluster's memory.",
+    )
+
+
+class ModelConfig(_Section):
+    """Which model to fit and how; defaults that depend on ``kind`` are filled in when left out."""
+
+    kind: Literal["gmm", "kmeans"] = Field(description="gmm: Gaussian mixture; kmeans: k-means.")
+    n_components: PositiveInt = Field(8, description="Number of mixture components or clusters.")
+    covariance_type: Optional[Literal["full", "tied", "diag", "spherical"]] = Field(
+        None, description="gmm only: full | tied | diag | spherical (default full)."
+    )
+    max_iter: PositiveInt = Field(100, description="Maximum number of EM (or Lloyd) iterations.")
+    tol: Optional[NonNegativeFloat] = Field(
+        None,
+        description="Convergence threshold: change of the mean log-likelihood per row (gmm, default "
+        "1e-3) or relative change of the inertia (kmeans, default 1e-4).",
+    )
+    reg_covar: Optional[NonNegativeFloat] = Field(
+        None, description="gmm only: added to the covariance diagonals (default 1e-6)."
+    )
+    init: Optional[str] = Field(
+        None,
+        description="Initialization: gmm: kmeans (default) | k-means|| | k-means++ | random | "
+        "random_from_data; kmeans: k-means|| (default) | k-means++ | random.",
+    )
+    n_init: PositiveInt = Field(1, description="Number of initializations; the best fit is kept.")
+    random_state: Optional[int] = Field(0, description="Seed of the initialization; null: a fresh seed.")
+    fan_in: int = Field(8, ge=2, description="Fan-in of the tree that merges per-chunk statistics.")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _kind_defaults(cls, data: Any) -> Any:
+        if not isinstance(data, dict) or data.get("kind") not in DEFAULTS:
+            return data
+        kind = data["kind"]
+        if kind != "gmm":
+            given = [key for key in GMM_ONLY_KEYS if data.get(key) is not None]
+            if given:
+                raise ValueError(f"{', '.join(given)} applies only to kind: gmm; remove it for kind: {kind}")
+        filled = dict(data)
+        for key, value in DEFAULTS[kind].items():
+            if filled.get(key) is None:
+                filled[key] = value
+        if filled["init"] not in INITS[kind]:
+            raise ValueError(
+                f"init {filled['init']!r} is not an initialization of kind {kind}; "
+                f"choose one of {', '.join(INITS[kind])}"
+            )
+        return filled
+
+
+class ClusterConfig(_Section):
+    """The Dask cluster that does the work."""
+
+    address: Optional[str] = Field(
+        None,
+        description="Scheduler address (tcp://host:8786) of a running cluster; null: start an "
+        "embedded LocalCluster with the settings below.",
+    )
+    n_workers: PositiveInt = Field(2, description="Embedded cluster: number of worker processes.")
+    threads_per_worker: PositiveInt = Field(1, description="Embedded cluster: threads per worker.")
+    memory_limit: str = Field(
+        "4GiB", description="Embedded cluster: memory per worker, e.g. 4GiB, 512MB, or auto."
+    )
+    dashboard: bool = Field(True, description="Embedded cluster: serve the Dask dashboard on a free port.")
+
+    @field_validator("memory_limit", mode="before")
+    @classmethod
+    def _check_memory(cls, value: Any) -> Any:
+        if isinstance(value, int) and not isinstance(value, bool):
+            value = str(value)
+        if isinstance(value, str) and value != "auto":
+            try:
+                parse_bytes(value)
+            except (ValueError, TypeError):
+                raise ValueError(f"{value!r} is not a size; write e.g. 4GiB, 512MB or auto") from None
+        return value
+
+
+class PCAConfig(_Section):
+    """Principal component projection (dask-ml's PCA)."""
+
+    n_components: PositiveInt = Field(description="Number of principal components kept.")
+    whiten: bool = Field(False, description="Scale the projected features to unit variance.")
+
+
+class PreprocessConfig(_Section):
+    """Feature transforms fitted on the data before clustering, saved with the model."""
+
+    standardize: bool = Field(False, description="Center each feature and scale it to unit variance.")
+    pca: Optional[PCAConfig] = Field(None, description="Project onto principal components (after standardizing).")
+
+    @property
+    def enabled(self) -> bool:
+        return self.standardize or self.pca is not None
+
+
+class OutputConfig(_Section):
+    """What to write, and where."""
+
+    path: str = Field(description="Output directory (local path or file:// URL), created by the run.")
+    labels: bool = Field(True, description="Write predictions.zarr/labels (int32, one per row).")
+    responsibilities: bool = Field(
+        False, description="gmm only: write predictions.zarr/responsibilities (float32, rows x components)."
+    )
+    log_density: bool = Field(False, description="gmm only: write predictions.zarr/log_density (float64, one per row).")
+    overwrite: bool = Field(
+        False, description="Replace an existing output directory (only once the new one is complete)."
+    )
+
+    @field_validator("path")
+    @classmethod
+    def _local_only(cls, value: str) -> str:
+        protocol, sep, rest = value.partition("://")
+        if sep and protocol not in LOCAL_PROTOCOLS:
+            raise ValueError(f"{value!r}: outputs are written to a local (or shared) directory; use a path or file://")
+        return rest if sep else value
+
+    @property
+    def local_path(self) -> Path:
+        return Path(self.path).expanduser().absolute()
+
+
+class DaskemConfig(_Section):
+    """A whole run: data -> (preprocess) -> model on a cluster -> outputs."""
+
+    data: DataConfig = Field(description="The input Zarr store.")
+    model: ModelConfig = Field(description="The estimator and its parameters.")
+    cluster: ClusterConfig = Field(default_factory=ClusterConfig, description="The Dask cluster.")
+    preprocess: Optional[PreprocessConfig] = Field(None, description="Optional feature transforms.")
+    output: OutputConfig = Field(description="Where the model and per-row results go.")
+
+    @model_validator(mode="after")
+    def _per_row_outputs_exist_for_kind(self) -> "DaskemConfig":
+        if self.model.kind == "kmeans":
+            bad = [key for key in ("responsibilities", "log_density") if getattr(self.output, key)]
+            if bad:
+                raise ValueError(
+                    f"output.{bad[0]} is only for kind: gmm (k-means has no probabilities); set it to false"
+                )
+        return self
+
+
+class PredictConfig(_Section):
+    """``daskem predict``: a saved model applied to another store."""
+
+    model_path: str = Field(description="A run's output directory or its model/ directory.")
+    data: DataConfig = Field(description="The input Zarr store.")
+    cluster: ClusterConfig = Field(default_factory=ClusterConfig, description="The Dask cluster.")
+    output: OutputConfig = Field(description="Where the per-row results go.")
+
+
+# ----------------------------------------------------------------------------- loading
+
+_ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-(.*?))?\}")
+
+
+def load_config(path: str | os.PathLike, overrides: typing.Sequence[str] = ()) -> DaskemConfig:
+    """Read, override, expand and validate a YAML config file."""
+    source = str(path)
+    try:
+        text = Path(path).read_text()
+    except FileNotFoundError:
+        raise ConfigError(f"{source}: no such config file") from None
+    except OSError as exc:
+        raise ConfigError(f"{source}: cannot read the config file ({exc.strerror})") from None
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark is not None else ""
+        raise ConfigError(f"{source}:{where}: not valid YAML ({getattr(exc, 'problem', exc)})") from None
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{source}: the top level must be a mapping of sections (data, model, output, ...)")
+    return parse_config(raw, source=source, overrides=overrides)
+
+
+def parse_config(
+    raw: dict[str, Any], *, source: str = "<config>", overrides: typing.Sequence[str] = (), model=DaskemConfig
+):
+    """Validate a plain mapping (after ``--set`` overrides and ``${VAR}`` expansion) into ``model``."""
+    raw = {key: value for key, value in raw.items()}
+    for override in overrides:
+        raw = apply_override(raw, override)
+    raw = expand_env(raw)
+    try:
+        return model.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError(format_validation_error(exc, source, model)) from None
+
+
+def apply_override(raw: dict[str, Any], override: str) -> dict[str, Any]:
+    """Return a copy of ``raw`` with ``section.key=value`` set; the value is parsed as YAML."""
+    key, sep, text = override.partition("=")
+    parts = key.strip().split(".")
+    if not sep or not all(parts):
+        raise ConfigError(f"--set {override!r}: write it as section.key=value, e.g. model.n_components=12")
+    try:
+        value = yaml.safe_load(text) if text.strip() else None
+    except yaml.YAMLError:
+        value = text
+    out = dict(raw)
+    node = out
+    for i, part in enumerate(parts[:-1]):
+        child = node.get(part)
+        if child is None:
+            child = {}
+        elif not isinstance(child, dict):
+            where = ".".join(parts[: i + 1])
+            raise ConfigError(f"--set {override!r}: {where} is a value, not a section")
+        node[part] = dict(child)
+        node = node[part]
+    node[parts[-1]] = value
+    return out
+
+
+def expand_env(value: Any, where: str = "") -> Any:
+    """Replace ``${VAR}`` / ``${VAR:-default}`` in every string value, recursively."""
+    if isinstance(value, dict):
+        return {k: expand_env(v, f"{where}.{k}" if where else str(k)) for k, v in value.items()}
+    if isinstance(value, list):
+        return [expand_env(v, f"{where}[{i}]") for i, v in enumerate(value)]
+    if not isinstance(value, str) or "${" not in value:
+        return value
+
+    def substitute(match: re.Match) -> str:
+        name, default = match.group(1), match.group(2)
+        if name in os.environ:
+            return os.environ[name]
+        if default is not None:
+            return default
+        raise ConfigError(
+            f"{where}: environment variable {name} is not set; export it or write ${{{name}:-default}}"
+        )
+
+    expanded = _ENV.sub(substitute, value)
+    if expanded != value and _ENV.fullmatch(value):
+        # a whole value from the environment is parsed like YAML, so ${N} can be a number
+        try:
+            parsed = yaml.safe_load(expanded)
+        except yaml.YAMLError:
+            return expanded
+        return parsed if isinstance(parsed, (int, float, bool)) else expanded
+    return expanded
+
+
+def format_validation_error(exc: ValidationError, source: str, model=DaskemConfig) -> str:
+    """One line per problem (joined by '; '), naming the dotted key and the fix."""
+    lines = []
+    for error in exc.errors():
+        loc = [str(part) for part in error["loc"]]
+        key = ".".join(loc)
+        kind = error["type"]
+        if kind == "extra_forbidden":
+            valid = _field_names(model, loc[:-1])
+            close = difflib.get_close_matches(loc[-1], valid, n=1, cutoff=0.5)
+            prefix = ".".join(loc[:-1] + [""])
+            hint = f"did you mean '{prefix}{close[0]}'?" if close else f"valid keys: {', '.join(valid)}"
+            lines.append(f"unknown key '{key}'; {hint}")
+        elif kind == "missing":
+            lines.append(f"{key}: required key is missing; add it")
+        else:
+            message = error["msg"].removeprefix("Value error, ")
+            got = "" if kind.startswith("value_error") else f" (got {error.get('input')!r})"
+            lines.append(f"{key}: {message}{got}" if key else message)
+    return f"{source}: " + "; ".join(lines)
+
+
+def _field_names(model: type[BaseModel], loc: list[str]) -> list[str]:
+    """Valid keys of the section at ``loc`` (a path through nested config models)."""
+    for part in loc:
+        field = model.model_fields.get(part)
+        sub = _model_of(field.annotation) if field is not None else None
+        if sub is None:
+            return []
+        model = sub
+    return list(model.model_fields)
+
+
+def _model_of(annotation: Any) -> type[BaseModel] | None:
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        for arg in typing.get_args(annotation):
+            found = _model_of(arg)
+            if found is not None:
+                return found
+    return None

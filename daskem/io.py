@@ -1,0 +1,170 @@
+"""Open the input Zarr store lazily and check that it holds a 2-D numeric array.
+
+``open_data(config.data)`` returns a small frozen ``DataSource`` (what was opened, for logs and
+``run.json``) and a Dask array chunked along rows only: one column chunk, row chunks taken from
+the store (its shard when the array is sharded, so a task reads whole shards) unless
+``data.chunk_rows`` is set. Nothing is read but metadata. Every problem is a ``DataError`` whose
+message names the store or array and the fix.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import asdict, dataclass
+from typing import Any, Mapping
+
+import dask.array as da
+import fsspec
+import numpy as np
+import zarr
+
+from .errors import DataError
+
+logger = logging.getLogger("daskem")
+
+
+@dataclass(frozen=True)
+class DataSource:
+    """What ``open_data`` opened: enough to describe the input in logs and ``run.json``."""
+
+    path: str
+    array: str | None
+    shape: tuple[int, int]
+    dtype: str  # as stored; the Dask array is float32 or float64
+    store_chunks: tuple[int, ...]  # the store's chunk shape (its shard shape when sharded)
+    row_chunks: tuple[int, ...]  # rows per Dask block
+    zarr_format: int
+
+    @property
+    def name(self) -> str:
+        return f"{self.path}" + (f" (array {self.array})" if self.array else "")
+
+    def to_json(self) -> dict[str, Any]:
+        out = asdict(self)
+        out["n_chunks"] = len(self.row_chunks)
+        out["row_chunks"] = sorted(set(self.row_chunks), reverse=True)  # distinct sizes, not one per block
+        return out
+
+
+def open_data(data_config) -> tuple[DataSource, da.Array]:
+    """Open ``data_config`` (a ``DataConfig``) as a validated ``DataSource`` and a lazy Dask array."""
+    return open_array(
+        data_config.path,
+        array=data_config.array,
+        storage_options=data_config.storage_options,
+        chunk_rows=data_config.chunk_rows,
+    )
+
+
+def open_array(
+    path: str,
+    *,
+    array: str | None = None,
+    storage_options: Mapping[str, Any] | None = None,
+    chunk_rows: int | None = None,
+) -> tuple[DataSource, da.Array]:
+    """Open the array ``array`` of the Zarr store at ``path`` (or the store itself, when an array)."""
+    node = open_zarr_array(path, array=array, storage_options=storage_options)
+    where = f"{path}" + (f", array {array!r}" if array else "")
+    if node.ndim != 2:
+        raise DataError(
+            f"{where}: the array has {node.ndim} dimension(s) (shape {node.shape}); daskem needs a 2-D "
+            "array of rows x features: reshape it to (n_samples, n_features)"
+        )
+    n_rows, n_features = node.shape
+    if n_rows == 0 or n_features == 0:
+        raise DataError(f"{where}: the array is empty (shape {node.shape}); write some rows first")
+    dtype = np.dtype(node.dtype)
+    target = _working_dtype(dtype, where)
+    store_chunks = tuple(node.shards or node.chunks)
+    rows = chunk_rows or store_chunks[0]
+    if chunk_rows and chunk_rows % store_chunks[0]:
+        logger.warning(
+            "data.chunk_rows=%d is not a multiple of the store's %d-row chunks: some chunks are read "
+            "by two tasks",
+            chunk_rows,
+            store_chunks[0],
+        )
+    x = da.from_zarr(node, chunks=(min(rows, n_rows), n_features))
+    if dtype != target:
+        x = x.astype(target)
+    source = DataSource(
+        path=str(path),
+        array=array,
+        shape=(int(n_rows), int(n_features)),
+        dtype=str(dtype),
+        store_chunks=tuple(int(c) for c in store_chunks),
+        row_chunks=tuple(int(c) for c in x.chunks[0]),
+        zarr_format=int(node.metadata.zarr_format),
+    )
+    return source, x
+
+
+def open_zarr_array(path: str, *, array: str | None = None, storage_options: Mapping[str, Any] | None = None):
+    """The ``zarr.Array`` at ``path`` (or ``path``/``array``), read-only; ``DataError`` if not there."""
+    url = _as_url(str(path), storage_options)
+    options = dict(storage_options or {})
+    try:
+        fs, fs_path = fsspec.core.url_to_fs(url, **options)
+        exists = fs.exists(fs_path)
+    except Exception as exc:  # bad protocol, missing fsspec backend, bad credentials...
+        raise DataError(
+            f"{path}: cannot reach the store ({type(exc).__name__}: {exc}); check data.path and data.storage_options"
+        ) from None
+    if not exists:
+        raise DataError(
+            f"{path}: no such file or directory; check data.path (relative paths start at the current directory)"
+        )
+    try:
+        node = zarr.open(url, mode="r", **({"storage_options": options} if "://" in url else {}))
+    except (zarr.errors.NodeNotFoundError, FileNotFoundError):
+        raise DataError(
+            f"{path}: not a Zarr store (no zarr.json, .zarray or .zgroup at its root); point data.path "
+            "at a Zarr store, e.g. one written by 'daskem make-data'"
+        ) from None
+    except Exception as exc:
+        raise DataError(f"{path}: cannot open as a Zarr store ({type(exc).__name__}: {exc})") from None
+    if isinstance(node, zarr.Array):
+        if array:
+            raise DataError(f"{path}: the store is an array, not a group; remove data.array ({array!r})")
+        return node
+    arrays = list_arrays(node)
+    if not array:
+        listed = ", ".join(arrays) if arrays else "none"
+        raise DataError(f"{path}: the store is a group; set data.array to one of its arrays: {listed}")
+    try:
+        found = node[array]
+    except KeyError:
+        found = None
+    if not isinstance(found, zarr.Array):
+        listed = ", ".join(arrays) if arrays else "none"
+        raise DataError(f"{path}: no array {array!r} in the store; arrays present: {listed}")
+    return found
+
+
+def list_arrays(group) -> list[str]:
+    """Paths of all arrays in ``group``, nested ones included, sorted."""
+    return sorted(name for name, member in group.members(max_depth=None) if isinstance(member, zarr.Array))
+
+
+def _working_dtype(dtype: np.dtype, where: str) -> np.dtype:
+    """float32/float64 are used as stored; integers and booleans become float64, float16 float32."""
+    if dtype in (np.float32, np.float64):
+        return dtype
+    if dtype == np.float16:
+        return np.dtype(np.float32)
+    if dtype.kind in "biu":
+        return np.dtype(np.float64)
+    raise DataError(
+        f"{where}: dtype {dtype} is not numeric (or is complex); store the features as float32 or float64"
+    )
+
+
+def _as_url(path: str, storage_options: Mapping[str, Any] | None) -> str:
+    """URLs stay as they are; a local path becomes absolute (workers may run elsewhere), and a
+    file:// URL when storage_options ask for fsspec."""
+    if "://" in path:
+        return path
+    absolute = os.path.abspath(os.path.expanduser(path))
+    return "file://" + absolute if storage_options else absolute

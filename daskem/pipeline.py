@@ -1,0 +1,312 @@
+"""Where the layers meet: config -> data -> (preprocessing) -> estimator on a cluster -> outputs.
+
+``run(config)`` fits and writes ``model/``, ``predictions.zarr`` and ``run.json``;
+``validate(config)`` opens the data and checks the config against it without fitting;
+``predict(config)`` applies a saved model to another store. Everything that can be checked
+without a cluster (config, data, output directory) is checked before one is started, and the
+output directory appears only once complete (see ``outputs.StagedOutput``).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import time
+import warnings
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Iterator
+
+from .config import ClusterConfig, DaskemConfig, PredictConfig
+from .errors import ConfigError, DaskemUserError, DataError
+from .io import DataSource, open_data
+from .outputs import StagedOutput, load_model, package_versions, save_model, write_json, write_predictions
+from .preprocess import PreprocessedModel, fit_preprocessing
+from .progress import ProgressBars
+
+logger = logging.getLogger("daskem")
+
+
+@dataclass(frozen=True)
+class RunResult:
+    """What a run or a prediction produced: the output directory and the contents of run.json."""
+
+    output: Path
+    source: DataSource
+    model: Any
+    summary: dict[str, Any]
+
+
+# ----------------------------------------------------------------------------- checks
+
+
+def check_config_against_data(config: DaskemConfig, source: DataSource) -> None:
+    """Rules that need the data's shape: enough rows for the components, enough features for PCA."""
+    n_rows, n_features = source.shape
+    if config.model.n_components > n_rows:
+        raise ConfigError(
+            f"model.n_components={config.model.n_components} is larger than the {n_rows} rows of "
+            f"{source.name}; lower model.n_components or use more data"
+        )
+    pca = config.preprocess.pca if config.preprocess else None
+    if pca is not None and pca.n_components > n_features:
+        raise ConfigError(
+            f"preprocess.pca.n_components={pca.n_components} is larger than the {n_features} features of "
+            f"{source.name}; lower it"
+        )
+
+
+def validate(config: DaskemConfig) -> DataSource:
+    """Open the data and check the config and the output directory; no cluster, no fitting."""
+    source, _ = open_data(config.data)
+    check_config_against_data(config, source)
+    StagedOutput(config.output.local_path, overwrite=config.output.overwrite).check()
+    logger.info("data: %s, %d rows x %d features, %s, %d chunks of up to %d rows", source.name,
+                *source.shape, source.dtype, len(source.row_chunks), max(source.row_chunks))
+    return source
+
+
+def build_estimator(model):
+    """The estimator a ``ModelConfig`` describes."""
+    from .gmm import GaussianMixture
+    from .kmeans import KMeans
+
+    if model.kind == "gmm":
+        return GaussianMixture(
+            model.n_components, covariance_type=model.covariance_type, tol=model.tol, reg_covar=model.reg_covar,
+            max_iter=model.max_iter, n_init=model.n_init, init_params=model.init,
+            random_state=model.random_state, fan_in=model.fan_in,
+        )
+    return KMeans(
+        model.n_components, init=model.init, n_init=model.n_init, max_iter=model.max_iter, tol=model.tol,
+        random_state=model.random_state, fan_in=model.fan_in,
+    )
+
+
+# ----------------------------------------------------------------------------- cluster
+
+
+@contextmanager
+def connect(cluster: ClusterConfig) -> Iterator[Any]:
+    """A ``distributed.Client`` on an embedded LocalCluster or the scheduler at ``cluster.address``;
+    closed (and the embedded cluster shut down) on the way out, also on error."""
+    from distributed import Client, LocalCluster
+
+    local = None
+    if cluster.address is None:
+        # Task errors reach the client, which reports them; the workers' own copies (with their
+        # tracebacks) are shown with -v only.
+        verbose = logger.isEnabledFor(logging.DEBUG)
+        local = LocalCluster(
+            n_workers=cluster.n_workers, threads_per_worker=cluster.threads_per_worker,
+            memory_limit=cluster.memory_limit, processes=True, dashboard_address=":0",
+            scheduler_kwargs={"dashboard": cluster.dashboard},
+            silence_logs=logging.WARNING if verbose else logging.CRITICAL,
+        )
+        try:
+            client = Client(local)
+        except BaseException:
+            local.close()
+            raise
+        logger.info("cluster: embedded, %d worker(s) x %d thread(s), %s each", cluster.n_workers,
+                    cluster.threads_per_worker, cluster.memory_limit)
+    else:
+        try:  # waits up to dask's distributed.comm.timeouts.connect (30 s by default)
+            client = Client(cluster.address)
+        except (OSError, TimeoutError) as exc:
+            raise DaskemUserError(
+                f"cluster.address: cannot connect to {cluster.address} ({exc}); check that a scheduler "
+                "runs there, or set cluster.address: null for an embedded cluster"
+            ) from None
+        try:
+            client.wait_for_workers(1, timeout=60)
+        except TimeoutError:
+            client.close()
+            raise DaskemUserError(
+                f"cluster.address: the scheduler at {cluster.address} has no workers; start some"
+            ) from None
+        logger.info("cluster: scheduler %s, %d worker(s)", cluster.address, len(client.scheduler_info()["workers"]))
+    try:
+        if cluster.address is not None or cluster.dashboard:
+            log_dashboard(client, embedded=local is not None)
+        yield client
+    finally:
+        client.close()
+        if local is not None:
+            local.close()
+
+
+def log_dashboard(client, *, embedded: bool) -> None:
+    """Log the dashboard's address (an embedded cluster serves it only when bokeh is installed)."""
+    link = client.dashboard_link
+    if embedded and importlib.util.find_spec("bokeh") is None:
+        logger.info("dashboard: not served, bokeh is not installed (pip install 'daskem[dashboard]')")
+    elif link:
+        logger.info("dashboard: %s", link)
+
+
+def cluster_summary(client, embedded: bool) -> dict[str, Any]:
+    workers = client.scheduler_info().get("workers", {})
+    return {
+        "embedded": embedded,
+        "scheduler": client.scheduler.address,
+        "n_workers": len(workers),
+        "threads": sum(w.get("nthreads", 0) for w in workers.values()),
+        "memory_bytes": sum(w.get("memory_limit") or 0 for w in workers.values()),
+        "dashboard": client.dashboard_link,
+    }
+
+
+def maybe_cache(X, mode: str, client):
+    """Persist ``X`` on the workers for ``cache: memory``, or for ``auto`` when it fits in half their memory."""
+    if mode == "none":
+        return X
+    if mode == "auto":
+        memory = cluster_summary(client, True)["memory_bytes"]
+        if not memory or X.nbytes > memory / 2:
+            logger.info("cache: auto: %.1f MiB of rows do not fit in half of %.1f MiB of worker memory; "
+                        "streaming from the store", X.nbytes / 2**20, memory / 2**20)
+            return X
+    from distributed import wait
+
+    started = time.perf_counter()
+    X = X.persist()
+    wait(X)
+    logger.info("cache: %.1f MiB of rows kept in worker memory (%.2f s)",
+                X.nbytes / 2**20, time.perf_counter() - started)
+    return X
+
+
+# ----------------------------------------------------------------------------- commands
+
+
+def run(config: DaskemConfig, *, progress: bool = True) -> RunResult:
+    """Fit the configured model on the configured data and write the outputs; see the module doc."""
+    started_at, t0 = _now(), time.perf_counter()
+    timings: dict[str, float] = {}
+    source, X = open_data(config.data)
+    check_config_against_data(config, source)
+    staged = StagedOutput(config.output.local_path, overwrite=config.output.overwrite)
+    staged.check()
+    logger.info("data: %s, %d rows x %d features, %s, %d chunks of up to %d rows", source.name,
+                *source.shape, source.dtype, len(source.row_chunks), max(source.row_chunks))
+    timings["open"] = time.perf_counter() - t0
+
+    with connect(config.cluster) as client, ProgressBars(client, enabled=progress):
+        cluster = cluster_summary(client, config.cluster.address is None)
+        prep = None
+        features = X
+        if config.preprocess is not None and config.preprocess.enabled:
+            t = time.perf_counter()
+            prep = fit_preprocessing(X, config.preprocess, random_state=config.model.random_state)
+            features = prep.transform(X)
+            timings["preprocess"] = time.perf_counter() - t
+        features = maybe_cache(features, config.data.cache, client)
+
+        estimator = build_estimator(config.model)
+        logger.info("fit: %r", estimator)
+        t = time.perf_counter()
+        fit(estimator, features, source)
+        timings["fit"] = time.perf_counter() - t
+        model = estimator if prep is None else PreprocessedModel(estimator, prep)
+
+        t = time.perf_counter()
+        with staged as tmp:
+            save_model(model, tmp / "model", metadata={"data": source.to_json()})
+            written = write_predictions(model, X, tmp / "predictions.zarr", labels=config.output.labels,
+                                        responsibilities=config.output.responsibilities,
+                                        log_density=config.output.log_density)
+            timings["outputs"] = time.perf_counter() - t
+            timings["total"] = time.perf_counter() - t0
+            summary = {
+                "complete": True,
+                "command": "run",
+                "started_at": started_at,
+                "finished_at": _now(),
+                "config": config.model_dump(mode="json"),
+                "versions": package_versions(),
+                "data": source.to_json(),
+                "cluster": cluster,
+                "preprocessing": prep.to_json() if prep is not None else None,
+                **fit_summary(estimator),
+                "outputs": {"model": "model", "predictions": "predictions.zarr" if written else None,
+                            "arrays": written},
+                "timings": {k: round(v, 3) for k, v in timings.items()},
+            }
+            write_json(tmp / "run.json", summary)
+            final = staged.commit()
+    logger.info("done in %.1f s: %s (n_iter %d, converged %s)", timings["total"], final,
+                summary["n_iter"], summary["converged"])
+    return RunResult(final, source, model, summary)
+
+
+def predict(config: PredictConfig, *, progress: bool = True) -> RunResult:
+    """Apply the saved model at ``config.model_path`` to ``config.data``; write predictions.zarr and run.json."""
+    started_at, t0 = _now(), time.perf_counter()
+    model = load_model(config.model_path)
+    estimator = getattr(model, "estimator", model)
+    source, X = open_data(config.data)
+    if source.shape[1] != model.n_features_in_:
+        raise DataError(f"{source.name}: has {source.shape[1]} features, but the model was fitted on "
+                        f"{model.n_features_in_}; predict on data with the same columns")
+    for key in ("responsibilities", "log_density"):
+        if getattr(config.output, key) and not hasattr(estimator, "predict_proba"):
+            raise ConfigError(
+                f"output.{key} needs a gmm model, but {config.model_path} holds a {type(estimator).__name__}"
+            )
+    staged = StagedOutput(config.output.local_path, overwrite=config.output.overwrite)
+    staged.check()
+    with connect(config.cluster) as client, ProgressBars(client, enabled=progress):
+        cluster = cluster_summary(client, config.cluster.address is None)
+        with staged as tmp:
+            written = write_predictions(model, X, tmp / "predictions.zarr", labels=config.output.labels,
+                                        responsibilities=config.output.responsibilities,
+                                        log_density=config.output.log_density)
+            summary = {
+                "complete": True,
+                "command": "predict",
+                "started_at": started_at,
+                "finished_at": _now(),
+                "config": config.model_dump(mode="json"),
+                "model_path": str(Path(config.model_path).absolute()),
+                "versions": package_versions(),
+                "data": source.to_json(),
+                "cluster": cluster,
+                "outputs": {"predictions": "predictions.zarr" if written else None, "arrays": written},
+                "timings": {"total": round(time.perf_counter() - t0, 3)},
+            }
+            write_json(tmp / "run.json", summary)
+            final = staged.commit()
+    logger.info("predictions of %s written to %s", source.name, final)
+    return RunResult(final, source, model, summary)
+
+
+def fit(estimator, X, source: DataSource) -> None:
+    """Fit; a ``ValueError`` raised by the data (NaN rows, singular covariances) becomes a ``DataError``."""
+    from sklearn.exceptions import ConvergenceWarning
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)  # the engine logs it already
+        try:
+            estimator.fit(X)
+        except ValueError as exc:
+            raise DataError(f"{source.name}: fitting failed: {exc}") from None
+
+
+def fit_summary(estimator) -> dict[str, Any]:
+    """The convergence record of a fitted estimator for run.json."""
+    is_gmm = hasattr(estimator, "lower_bound_")
+    return {
+        "estimator": type(estimator).__name__,
+        "n_iter": int(estimator.n_iter_),
+        "converged": bool(estimator.converged_),
+        "objective": "mean log-likelihood per row" if is_gmm else "inertia",
+        "final_objective": float(estimator.lower_bound_ if is_gmm else estimator.inertia_),
+        "history": [float(v) for v in estimator.history_],
+    }
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")

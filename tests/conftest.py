@@ -1,0 +1,40 @@
+"""Shared fixtures: run the command line as users do, in a subprocess."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def cli_env(**extra: str) -> dict[str, str]:
+    """The environment for a ``python -m daskem`` subprocess: this checkout first on the path."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([str(REPO), *filter(None, [env.get("PYTHONPATH")])])
+    env.update(extra)
+    return env
+
+
+@pytest.fixture
+def run_cli(tmp_path):
+    """``run_cli(*args, cwd=tmp_path, env=None, timeout=240)`` -> CompletedProcess (text, captured)."""
+
+    def run(*args, cwd=None, env=None, timeout=240):
+        return subprocess.run(
+            [sys.executable, "-m", "daskem", *map(str, args)],
+            cwd=cwd or tmp_path, env=cli_env(**(env or {})), capture_output=True, text=True, timeout=timeout,
+        )
+
+    return run
+
+
+def write_config(path: Path, config: dict) -> Path:
+    """Write ``config`` as YAML to ``path``; returns ``path``."""
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    return path

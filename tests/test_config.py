@@ -1,0 +1,268 @@
+"""The YAML config: typed sections, defaults per model kind, overrides, ${VAR}, one-line errors."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pydantic
+import pytest
+from conftest import write_config
+
+from daskem.config import (
+    DEFAULTS,
+    INITS,
+    ClusterConfig,
+    ConfigError,
+    DaskemConfig,
+    DataConfig,
+    ModelConfig,
+    OutputConfig,
+    PCAConfig,
+    PredictConfig,
+    PreprocessConfig,
+    apply_override,
+    expand_env,
+    load_config,
+    parse_config,
+)
+from daskem.io import DataSource
+from daskem.pipeline import check_config_against_data
+
+ALL_MODELS = [DaskemConfig, DataConfig, ModelConfig, ClusterConfig, PreprocessConfig, PCAConfig, OutputConfig,
+              PredictConfig]
+
+
+def minimal(**model):
+    return {"data": {"path": "data/blobs.zarr", "array": "X"}, "model": {"kind": "gmm", **model},
+            "output": {"path": "results/blobs"}}
+
+
+def test_issue_example_loads_with_every_key(tmp_path):
+    example = {
+        "data": {"path": "data/blobs.zarr", "array": "X", "storage_options": {}},
+        "model": {"kind": "gmm", "n_components": 8, "covariance_type": "full", "max_iter": 100, "tol": "1.0e-3",
+                  "reg_covar": 1.0e-6, "init": "kmeans", "random_state": 0},
+        "cluster": {"address": None, "n_workers": 2, "threads_per_worker": 1, "memory_limit": "4GiB"},
+        "output": {"path": "results/blobs", "labels": True, "responsibilities": False, "log_density": False,
+                   "overwrite": False},
+    }
+    config = load_config(write_config(tmp_path / "c.yaml", example))
+    assert config.model.tol == 1e-3 and config.cluster.memory_limit == "4GiB"
+    assert config.output.local_path == (tmp_path.cwd() / "results/blobs").absolute()
+
+
+def test_gmm_defaults_are_filled_in():
+    model = parse_config(minimal()).model
+    assert (model.covariance_type, model.tol, model.reg_covar, model.init) == ("full", 1e-3, 1e-6, "kmeans")
+
+
+def test_kmeans_defaults_are_filled_in():
+    model = parse_config(minimal(kind="kmeans")).model
+    assert (model.covariance_type, model.tol, model.reg_covar, model.init) == (None, 1e-4, None, "k-means||")
+
+
+def test_config_is_frozen():
+    config = parse_config(minimal())
+    with pytest.raises(pydantic.ValidationError):
+        config.model.n_components = 3
+
+
+@pytest.mark.parametrize("model", ALL_MODELS, ids=lambda m: m.__name__)
+def test_every_field_has_a_description(model):
+    missing = [name for name, field in model.model_fields.items() if not field.description]
+    assert missing == []
+
+
+@pytest.mark.parametrize(
+    ("raw_key", "expected"),
+    [
+        (("model", "n_component"), "unknown key 'model.n_component'; did you mean 'model.n_components'?"),
+        (("outptu",), "unknown key 'outptu'; did you mean 'output'?"),
+        (("cluster", "workers"), "did you mean 'cluster.n_workers'?"),
+    ],
+)
+def test_unknown_key_suggests_the_closest(raw_key, expected):
+    raw = minimal()
+    node = raw
+    for part in raw_key[:-1]:
+        node = node.setdefault(part, {})
+    node[raw_key[-1]] = 1
+    with pytest.raises(ConfigError, match=expected.replace("?", r"\?").replace(".", r"\.")):
+        parse_config(raw, source="c.yaml")
+
+
+def test_wrong_type_names_the_key_and_the_value():
+    with pytest.raises(ConfigError) as info:
+        parse_config(minimal(n_components="eight"), source="c.yaml")
+    message = str(info.value)
+    assert message.startswith("c.yaml: model.n_components:") and "'eight'" in message and "\n" not in message
+
+
+def test_missing_required_key_is_named():
+    raw = minimal()
+    del raw["output"]
+    with pytest.raises(ConfigError, match="output: required key is missing"):
+        parse_config(raw)
+
+
+@pytest.mark.parametrize("key", ["covariance_type", "reg_covar"])
+def test_gmm_only_keys_are_refused_for_kmeans(key):
+    with pytest.raises(ConfigError, match=f"model: {key} applies only to kind: gmm"):
+        parse_config(minimal(kind="kmeans", **{key: "full" if key == "covariance_type" else 1e-3}))
+
+
+@pytest.mark.parametrize(("kind", "init"), [("kmeans", "kmeans"), ("gmm", "kmeans++"), ("kmeans", "random_from_data")])
+def test_init_must_be_one_of_the_kind(kind, init):
+    with pytest.raises(ConfigError, match=re.escape(f"init '{init}' is not an initialization of kind {kind}")):
+        parse_config(minimal(kind=kind, init=init))
+
+
+@pytest.mark.parametrize("key", ["responsibilities", "log_density"])
+def test_probabilistic_outputs_are_refused_for_kmeans(key):
+    raw = minimal(kind="kmeans")
+    raw["output"][key] = True
+    with pytest.raises(ConfigError, match=f"output.{key} is only for kind: gmm"):
+        parse_config(raw)
+
+
+def test_inits_and_defaults_are_the_estimators():
+    from daskem.gmm import INIT_PARAMS, GaussianMixture
+    from daskem.kmeans import INIT_METHODS, KMeans
+
+    assert set(INITS["gmm"]) == set(INIT_PARAMS) and set(INITS["kmeans"]) == set(INIT_METHODS)
+    gmm, kmeans = GaussianMixture().get_params(), KMeans().get_params()
+    assert DEFAULTS["gmm"] == {key: gmm[key] for key in ("covariance_type", "tol", "reg_covar")} | {
+        "init": gmm["init_params"]}
+    assert DEFAULTS["kmeans"] == {"tol": kmeans["tol"], "init": kmeans["init"]}
+
+
+def test_unknown_covariance_type_lists_the_choices():
+    expected = "model.covariance_type: Input should be 'full', 'tied', 'diag' or 'spherical'"
+    with pytest.raises(ConfigError, match=expected):
+        parse_config(minimal(covariance_type="fulll"))
+
+
+@pytest.mark.parametrize(
+    ("value", "ok"), [("4GiB", True), ("512MB", True), ("auto", True), (2**30, True), ("lots", False)]
+)
+def test_memory_limit_must_be_a_size(value, ok):
+    raw = {**minimal(), "cluster": {"memory_limit": value}}
+    if ok:
+        assert parse_config(raw).cluster.memory_limit == str(value)
+    else:
+        with pytest.raises(ConfigError, match="cluster.memory_limit: 'lots' is not a size"):
+            parse_config(raw)
+
+
+def test_output_must_be_local():
+    raw = minimal()
+    raw["output"]["path"] = "s3://bucket/results"
+    with pytest.raises(ConfigError, match="output.path: 's3://bucket/results': outputs are written to a local"):
+        parse_config(raw)
+    raw["output"]["path"] = "file:///tmp/results"
+    assert parse_config(raw).output.path == "/tmp/results"
+
+
+def test_overrides_set_nested_values_parsed_as_yaml():
+    raw = apply_override(minimal(), "model.n_components=12")
+    raw = apply_override(raw, "preprocess.pca.n_components=2")
+    raw = apply_override(raw, "cluster.address=tcp://127.0.0.1:8786")
+    config = parse_config(raw)
+    assert config.model.n_components == 12
+    assert config.preprocess.pca.n_components == 2 and config.preprocess.enabled
+    assert config.cluster.address == "tcp://127.0.0.1:8786"
+
+
+def test_override_does_not_change_its_input():
+    raw = minimal()
+    apply_override(raw, "model.n_components=12")
+    assert "n_components" not in raw["model"]
+
+
+@pytest.mark.parametrize(("override", "message"), [
+    ("model.n_components", "write it as section.key=value"),
+    ("model..tol=1", "write it as section.key=value"),
+    ("model.kind.x=1", "model.kind is a value, not a section"),
+])
+def test_bad_override_is_explained(override, message):
+    with pytest.raises(ConfigError, match=message):
+        apply_override(minimal(), override)
+
+
+def test_override_of_an_unknown_key_is_refused_like_in_yaml():
+    with pytest.raises(ConfigError, match="did you mean 'model.max_iter'"):
+        parse_config(minimal(), overrides=["model.max_iters=3"])
+
+
+def test_env_vars_are_expanded(monkeypatch):
+    monkeypatch.setenv("DASKEM_DATA", "/data")
+    monkeypatch.setenv("DASKEM_K", "5")
+    raw = minimal(n_components="${DASKEM_K}")
+    raw["data"]["path"] = "${DASKEM_DATA}/blobs.zarr"
+    raw["output"]["path"] = "${DASKEM_UNSET_OUT:-results}/x"
+    config = parse_config(raw)
+    assert config.data.path == "/data/blobs.zarr"
+    assert config.model.n_components == 5
+    assert config.output.path == "results/x"
+
+
+def test_missing_env_var_names_the_key(monkeypatch):
+    monkeypatch.delenv("DASKEM_NOPE", raising=False)
+    with pytest.raises(ConfigError, match=r"data.path: environment variable DASKEM_NOPE is not set"):
+        expand_env({"data": {"path": "${DASKEM_NOPE}/x"}})
+
+
+def test_env_vars_in_overrides_are_expanded(monkeypatch):
+    monkeypatch.setenv("DASKEM_K", "7")
+    assert parse_config(minimal(), overrides=["model.n_components=${DASKEM_K}"]).model.n_components == 7
+
+
+def test_bad_yaml_names_the_line(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("data:\n  path: [unclosed\n")
+    with pytest.raises(ConfigError, match=r"c.yaml: line \d+: not valid YAML"):
+        load_config(path)
+
+
+def test_missing_config_file(tmp_path):
+    with pytest.raises(ConfigError, match="no such config file"):
+        load_config(tmp_path / "nope.yaml")
+
+
+def test_top_level_must_be_a_mapping(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("- a\n- b\n")
+    with pytest.raises(ConfigError, match="the top level must be a mapping"):
+        load_config(path)
+
+
+def source(rows=100, features=3):
+    return DataSource("x.zarr", "X", (rows, features), "float64", (10, features), (10,) * (rows // 10), 3)
+
+
+def test_more_components_than_rows_is_refused():
+    with pytest.raises(ConfigError, match="model.n_components=200 is larger than the 100 rows of x.zarr"):
+        check_config_against_data(parse_config(minimal(n_components=200)), source())
+
+
+def test_more_pca_components_than_features_is_refused():
+    raw = {**minimal(n_components=2), "preprocess": {"pca": {"n_components": 4}}}
+    with pytest.raises(ConfigError, match="preprocess.pca.n_components=4 is larger than the 3 features"):
+        check_config_against_data(parse_config(raw), source())
+
+
+EXAMPLES = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.name)
+def test_example_configs_are_valid(path):
+    config = load_config(path)
+    assert config.output.path and config.data.array == "X"
+
+
+def test_examples_cover_every_kind_and_covariance_type():
+    configs = [load_config(path) for path in EXAMPLES]
+    kinds = {(c.model.kind, c.model.covariance_type) for c in configs}
+    assert {("kmeans", None), *(("gmm", cov) for cov in ("full", "tied", "diag", "spherical"))} <= kinds
+    assert any(c.cluster.address for c in configs) and any(c.preprocess for c in configs)
