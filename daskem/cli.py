@@ -119,7 +119,7 @@ def _validate(args) -> int:
     source = validate(config)
     model = config.model
     what = f"{model.kind}, {model.n_components} components" + (
-        f", {model.covariance_type} covariances" if model.kind == "gmm" else "")
+        f", {model.covariance_type} covariances, ranked by {model.criterion}" if model.kind == "gmm" else "")
     print(f"ok: {args.config}: {source.name}: {source.shape[0]} rows x {source.shape[1]} features, "
           f"{source.dtype}, {len(source.row_chunks)} chunks of up to {max(source.row_chunks)} rows; "
           f"model {what}; output {config.output.local_path}")

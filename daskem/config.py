@@ -64,6 +64,11 @@ class DataConfig(_Section):
         description="Rows per task; default: the store's row chunk (its shard when sharded). "
         "A multiple of the store's row chunk avoids reading a chunk twice.",
     )
+    slab_mib: PositiveInt = Field(
+        128,
+        description="Target size of one task's rows in MiB when chunk_rows is not given: whole store "
+        "chunks (or shards) are grouped up to this size, so a task does real work.",
+    )
     cache: Literal["none", "memory", "auto"] = Field(
         "none",
         description="none: stream from the store every pass; memory: keep the (preprocessed) rows in "
@@ -75,9 +80,21 @@ class ModelConfig(_Section):
     """Which model to fit and how; defaults that depend on ``kind`` are filled in when left out."""
 
     kind: Literal["gmm", "kmeans"] = Field(description="gmm: Gaussian mixture; kmeans: k-means.")
-    n_components: PositiveInt = Field(8, description="Number of mixture components or clusters.")
-    covariance_type: Optional[Literal["full", "tied", "diag", "spherical"]] = Field(
-        None, description="gmm only: full | tied | diag | spherical (default full)."
+    n_components: PositiveInt | list[PositiveInt] = Field(
+        8,
+        description="Number of mixture components or clusters; gmm: a list fits one candidate per value "
+        "in the same passes over the data and keeps the best by model.criterion.",
+    )
+    covariance_type: Optional[
+        Literal["full", "tied", "diag", "spherical"] | list[Literal["full", "tied", "diag", "spherical"]]
+    ] = Field(
+        None,
+        description="gmm only: full | tied | diag | spherical (default full); a list fits a candidate per type.",
+    )
+    criterion: Literal["bic", "aic", "loglik"] = Field(
+        "bic",
+        description="gmm: how candidates (lists of n_components or covariance_type, restarts) are ranked: "
+        "bic or aic (lower is better) or loglik (the mean log-likelihood, higher is better).",
     )
     max_iter: PositiveInt = Field(100, description="Maximum number of EM (or Lloyd) iterations.")
     tol: Optional[NonNegativeFloat] = Field(
@@ -96,6 +113,25 @@ class ModelConfig(_Section):
     n_init: PositiveInt = Field(1, description="Number of initializations; the best fit is kept.")
     random_state: Optional[int] = Field(0, description="Seed of the initialization; null: a fresh seed.")
     fan_in: int = Field(8, ge=2, description="Fan-in of the tree that merges per-chunk statistics.")
+    oversampling_factor: float = Field(
+        2.0, gt=0, description="k-means|| initialization: candidates drawn per round, per component."
+    )
+    init_rounds: PositiveInt = Field(5, description="k-means|| initialization: rounds of candidate draws.")
+
+    @property
+    def n_components_list(self) -> list[int]:
+        """``n_components`` as a list (one value for a single model)."""
+        return list(self.n_components) if isinstance(self.n_components, list) else [self.n_components]
+
+    @property
+    def covariance_types(self) -> list[str]:
+        """``covariance_type`` as a list (gmm)."""
+        return list(self.covariance_type) if isinstance(self.covariance_type, list) else [self.covariance_type]
+
+    @property
+    def is_selection(self) -> bool:
+        """Several candidate models (beyond restarts): a list of components or of covariance types."""
+        return len(self.n_components_list) > 1 or len(self.covariance_types) > 1
 
     @model_validator(mode="before")
     @classmethod
@@ -107,6 +143,13 @@ class ModelConfig(_Section):
             given = [key for key in GMM_ONLY_KEYS if data.get(key) is not None]
             if given:
                 raise ValueError(f"{', '.join(given)} applies only to kind: gmm; remove it for kind: {kind}")
+        for key in ("n_components", "covariance_type"):
+            value = data.get(key)
+            if isinstance(value, list):
+                if kind != "gmm":
+                    raise ValueError(f"a list of {key} is for kind: gmm (model selection by BIC); give one value")
+                if not value or len(set(value)) != len(value):
+                    raise ValueError(f"{key}: give a non-empty list of distinct values, got {value}")
         filled = dict(data)
         for key, value in DEFAULTS[kind].items():
             if filled.get(key) is None:
@@ -317,25 +360,44 @@ def expand_env(value: Any, where: str = "") -> Any:
 
 
 def format_validation_error(exc: ValidationError, source: str, model=DaskemConfig) -> str:
-    """One line per problem (joined by '; '), naming the dotted key and the fix."""
-    lines = []
+    """One line per problem (joined by '; '), naming the dotted key and the fix.
+
+    A value that matches none of a union's forms (an int or a list of ints, say) gives one line
+    listing the forms, not one line per form.
+    """
+    problems: dict[str, tuple[list[str], str]] = {}  # key -> (what was wrong, what was given)
     for error in exc.errors():
-        loc = [str(part) for part in error["loc"]]
+        loc = [str(part) for part in error["loc"] if not _is_union_tag(part)]
         key = ".".join(loc)
         kind = error["type"]
+        message = error["msg"].removeprefix("Value error, ")
+        got = "" if kind.startswith("value_error") else f" (got {error.get('input')!r})"
         if kind == "extra_forbidden":
             valid = _field_names(model, loc[:-1])
             close = difflib.get_close_matches(loc[-1], valid, n=1, cutoff=0.5)
             prefix = ".".join(loc[:-1] + [""])
             hint = f"did you mean '{prefix}{close[0]}'?" if close else f"valid keys: {', '.join(valid)}"
-            lines.append(f"unknown key '{key}'; {hint}")
+            problems[f"unknown key '{key}'"] = ([hint], "")
         elif kind == "missing":
-            lines.append(f"{key}: required key is missing; add it")
+            problems[key] = (["required key is missing; add it"], "")
         else:
-            message = error["msg"].removeprefix("Value error, ")
-            got = "" if kind.startswith("value_error") else f" (got {error.get('input')!r})"
-            lines.append(f"{key}: {message}{got}" if key else message)
+            messages, _ = problems.setdefault(key, ([], got))
+            messages.append(message)
+    lines = []
+    for key, (messages, got) in problems.items():
+        if len(messages) > 1:
+            text = "should be " + " or ".join(m.removeprefix("Input should be ") for m in messages)
+        else:
+            text = messages[0]
+        separator = "; " if key.startswith("unknown key") else ": "
+        lines.append(f"{key}{separator}{text}{got}" if key else f"{text}{got}")
     return f"{source}: " + "; ".join(lines)
+
+
+def _is_union_tag(part: Any) -> bool:
+    """pydantic names the branch of a union in an error's location (``constrained-int``,
+    ``list[constrained-int]``, ``literal['full','tied']``); config keys never look like that."""
+    return isinstance(part, str) and any(mark in part for mark in "[-'")
 
 
 def _field_names(model: type[BaseModel], loc: list[str]) -> list[str]:

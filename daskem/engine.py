@@ -112,6 +112,7 @@ class EMResult:
     params: Any
     objective: float
     history: list[float] = field(default_factory=list)
+    seconds: list[float] = field(default_factory=list)
     n_iter: int = 0
     converged: bool = False
 
@@ -145,6 +146,7 @@ def run_em(
             objective = family.objective(stats)
             previous = result.history[-1] if result.history else None
             result.history.append(objective)
+            result.seconds.append(seconds)
             result.objective = objective
             change = np.nan if previous is None else objective - previous
             result.converged = previous is not None and family.has_converged(previous, objective, tol)

@@ -1,9 +1,10 @@
 """Open the input Zarr store lazily and check that it holds a 2-D numeric array.
 
 ``open_data(config.data)`` returns a small frozen ``DataSource`` (what was opened, for logs and
-``run.json``) and a Dask array chunked along rows only: one column chunk, row chunks taken from
-the store (its shard when the array is sharded, so a task reads whole shards) unless
-``data.chunk_rows`` is set. Nothing is read but metadata. Every problem is a ``DataError`` whose
+``run.json``) and a Dask array chunked along rows only: one column chunk, and row chunks (slabs)
+made of whole store chunks (whole shards when the array is sharded) grouped up to
+``data.slab_mib``, so every stored chunk is read by exactly one task, unless ``data.chunk_rows``
+is set. Nothing is read but metadata. Every problem is a ``DataError`` whose
 message names the store or array and the fix.
 """
 
@@ -20,6 +21,10 @@ import numpy as np
 import zarr
 
 from .errors import DataError
+
+# Default target size of the rows one task reads: large enough that per-task overhead (about a
+# millisecond) is negligible, small enough for a worker to hold a few at once.
+DEFAULT_SLAB_BYTES = 128 * 2**20
 
 logger = logging.getLogger("daskem")
 
@@ -47,13 +52,15 @@ class DataSource:
         return out
 
 
-def open_data(data_config) -> tuple[DataSource, da.Array]:
-    """Open ``data_config`` (a ``DataConfig``) as a validated ``DataSource`` and a lazy Dask array."""
+def open_data(data_config, *, slab_bytes: int | None = None) -> tuple[DataSource, da.Array]:
+    """Open ``data_config`` (a ``DataConfig``) as a validated ``DataSource`` and a lazy Dask array;
+    ``slab_bytes`` overrides ``data_config.slab_mib``."""
     return open_array(
         data_config.path,
         array=data_config.array,
         storage_options=data_config.storage_options,
         chunk_rows=data_config.chunk_rows,
+        slab_bytes=slab_bytes or data_config.slab_mib * 2**20,
     )
 
 
@@ -63,6 +70,7 @@ def open_array(
     array: str | None = None,
     storage_options: Mapping[str, Any] | None = None,
     chunk_rows: int | None = None,
+    slab_bytes: int = DEFAULT_SLAB_BYTES,
 ) -> tuple[DataSource, da.Array]:
     """Open the array ``array`` of the Zarr store at ``path`` (or the store itself, when an array)."""
     node = open_zarr_array(path, array=array, storage_options=storage_options)
@@ -78,7 +86,7 @@ def open_array(
     dtype = np.dtype(node.dtype)
     target = _working_dtype(dtype, where)
     store_chunks = tuple(node.shards or node.chunks)
-    rows = chunk_rows or store_chunks[0]
+    rows = chunk_rows or plan_slab_rows(store_chunks[0], n_features * target.itemsize, slab_bytes)
     if chunk_rows and chunk_rows % store_chunks[0]:
         logger.warning(
             "data.chunk_rows=%d is not a multiple of the store's %d-row chunks: some chunks are read "
@@ -99,6 +107,12 @@ def open_array(
         zarr_format=int(node.metadata.zarr_format),
     )
     return source, x
+
+
+def plan_slab_rows(store_rows: int, row_bytes: int, slab_bytes: int) -> int:
+    """Rows per task: as many whole store chunks (or shards) of ``store_rows`` rows as fit in
+    ``slab_bytes`` (at least one), so each chunk is read by exactly one task and a task does real work."""
+    return store_rows * max(1, slab_bytes // max(1, store_rows * row_bytes))
 
 
 def open_zarr_array(path: str, *, array: str | None = None, storage_options: Mapping[str, Any] | None = None):

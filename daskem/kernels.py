@@ -104,6 +104,18 @@ def _weighted_stats(rows: CentredRows, resp, centred_shift, objective: float, co
     return SuffStats(rows.n_rows, objective, nk, sums - nk[:, None] * centred_shift, s2)
 
 
+def resp_chunk_stats(X: np.ndarray, resp: np.ndarray, shift: np.ndarray, cov: CovarianceType) -> SuffStats:
+    """Statistics of one slab under given responsibilities (n, K), shifted by ``shift`` (K, D)."""
+    shift = np.asarray(shift, dtype=np.float64)
+    reference = shift.mean(axis=0)
+    n_components, n_features = shift.shape
+    total = SuffStats.zeros(n_components, n_features, cov.s2_shape(n_components, n_features))
+    for start, rows in zip(range(0, max(X.shape[0], 1), ROW_BLOCK), _row_blocks(X, reference)):
+        block_resp = np.asarray(resp[start : start + ROW_BLOCK], dtype=np.float64)
+        total = total + _weighted_stats(rows, block_resp, shift - reference, 0.0, cov)
+    return total
+
+
 def nearest_center(X: np.ndarray, centers: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(n,) int64 index of each row's nearest centre (lowest on ties) and its exact squared distance."""
     labels, differences = _assign(X, centers)

@@ -138,7 +138,7 @@ def test_inits_and_defaults_are_the_estimators():
 
 
 def test_unknown_covariance_type_lists_the_choices():
-    expected = "model.covariance_type: Input should be 'full', 'tied', 'diag' or 'spherical'"
+    expected = "model.covariance_type: should be 'full', 'tied', 'diag' or 'spherical' or a valid list"
     with pytest.raises(ConfigError, match=expected):
         parse_config(minimal(covariance_type="fulll"))
 
@@ -266,3 +266,19 @@ def test_examples_cover_every_kind_and_covariance_type():
     kinds = {(c.model.kind, c.model.covariance_type) for c in configs}
     assert {("kmeans", None), *(("gmm", cov) for cov in ("full", "tied", "diag", "spherical"))} <= kinds
     assert any(c.cluster.address for c in configs) and any(c.preprocess for c in configs)
+
+
+def test_lists_of_components_and_covariance_types_are_for_gmm_only():
+    from daskem.config import parse_config
+    from daskem.errors import ConfigError
+
+    base = {"data": {"path": "x.zarr"}, "output": {"path": "out"}}
+    config = parse_config({**base, "model": {"kind": "gmm", "n_components": [2, 3], "covariance_type": ["full", "diag"]}})
+    assert config.model.n_components_list == [2, 3] and config.model.covariance_types == ["full", "diag"]
+    assert config.model.is_selection and config.model.criterion == "bic"
+    with pytest.raises(ConfigError, match=r"a list of n_components is for kind: gmm"):
+        parse_config({**base, "model": {"kind": "kmeans", "n_components": [2, 3]}})
+    with pytest.raises(ConfigError, match=r"n_components: give a non-empty list of distinct values"):
+        parse_config({**base, "model": {"kind": "gmm", "n_components": [2, 2]}})
+    with pytest.raises(ConfigError, match=r"model.criterion"):
+        parse_config({**base, "model": {"kind": "gmm", "criterion": "bics"}})

@@ -32,6 +32,16 @@ def write(path, data, *, name="X", zarr_format=3, chunks=None, shards=None):
 def rows():
     return np.random.default_rng(0).normal(size=(1000, 3))
 
+# A target slab size smaller than any chunk: one task per stored chunk (or shard), as stored.
+ONE_CHUNK = 1
+
+
+def test_small_chunks_are_grouped_into_slabs_of_the_target_size(tmp_path, rows):
+    write(tmp_path / "s.zarr", rows, chunks=(100, 3))
+    source, x = open_array(str(tmp_path / "s.zarr"), array="X", slab_bytes=300 * 3 * 8)
+    assert x.chunks[0] == (300, 300, 300, 100) and source.store_chunks == (100, 3)
+    np.testing.assert_array_equal(x.compute(), rows)
+
 
 @pytest.mark.parametrize("zarr_format", [2, 3])
 @pytest.mark.parametrize("name", ["X", None, "nested/deep/X"], ids=["group", "root", "nested"])
@@ -39,7 +49,7 @@ def rows():
 def test_store_opens_as_row_chunked_dask_array(tmp_path, rows, zarr_format, name, dtype):
     data = rows.astype(dtype)
     path = write(tmp_path / "s.zarr", data, name=name, zarr_format=zarr_format, chunks=(300, 3))
-    source, x = open_array(str(path), array=name)
+    source, x = open_array(str(path), array=name, slab_bytes=ONE_CHUNK)
     assert isinstance(x, da.Array) and x.dtype == np.dtype(dtype)
     assert x.chunks == ((300, 300, 300, 100), (3,))
     described = (source.shape, source.dtype, source.zarr_format, source.store_chunks)
@@ -49,7 +59,7 @@ def test_store_opens_as_row_chunked_dask_array(tmp_path, rows, zarr_format, name
 
 def test_file_url_opens(tmp_path, rows):
     write(tmp_path / "s.zarr", rows, chunks=(250, 3))
-    source, x = open_array(f"file://{tmp_path}/s.zarr", array="X")
+    source, x = open_array(f"file://{tmp_path}/s.zarr", array="X", slab_bytes=ONE_CHUNK)
     assert source.path.startswith("file://") and x.numblocks == (4, 1)
     np.testing.assert_array_equal(x.compute(), rows)
 
@@ -63,13 +73,13 @@ def test_storage_options_turn_a_local_path_into_fsspec(tmp_path, rows):
 
 def test_sharded_store_is_read_by_whole_shards(tmp_path, rows):
     write(tmp_path / "s.zarr", rows, chunks=(50, 3), shards=(500, 3))
-    source, x = open_array(str(tmp_path / "s.zarr"), array="X")
+    source, x = open_array(str(tmp_path / "s.zarr"), array="X", slab_bytes=ONE_CHUNK)
     assert x.chunks[0] == (500, 500) and source.store_chunks == (500, 3)
 
 
 def test_column_chunks_are_merged_into_whole_rows(tmp_path, rows):
     write(tmp_path / "s.zarr", rows, chunks=(200, 1))
-    _, x = open_array(str(tmp_path / "s.zarr"), array="X")
+    _, x = open_array(str(tmp_path / "s.zarr"), array="X", slab_bytes=ONE_CHUNK)
     assert x.chunks == ((200,) * 5, (3,))
 
 
@@ -93,7 +103,7 @@ def test_integers_are_read_as_float64(tmp_path):
 
 def test_source_json_is_small(tmp_path, rows):
     write(tmp_path / "s.zarr", rows, chunks=(10, 3))
-    source, _ = open_array(str(tmp_path / "s.zarr"), array="X")
+    source, _ = open_array(str(tmp_path / "s.zarr"), array="X", slab_bytes=ONE_CHUNK)
     described = source.to_json()
     assert described["n_chunks"] == 100 and described["row_chunks"] == [10]
     json.dumps(described)
@@ -180,7 +190,7 @@ def test_make_data_is_reproducible_and_follows_the_mixture(tmp_path):
 
 def test_make_data_root_array_v2_and_url(tmp_path):
     make_data(f"file://{tmp_path}/r.zarr", n_samples=100, n_features=2, chunk_rows=30, array=None, zarr_format=2)
-    source, x = open_array(str(tmp_path / "r.zarr"))
+    source, x = open_array(str(tmp_path / "r.zarr"), slab_bytes=ONE_CHUNK)
     assert source.zarr_format == 2 and x.chunks[0] == (30, 30, 30, 10)
     assert (tmp_path / "r.zarr.truth" / "means.npy").is_file()
 
@@ -210,3 +220,16 @@ def test_blocks_depend_only_on_seed_and_block_index():
     one = sample_block(100, mixture, 0, 5, np.float64)
     np.testing.assert_array_equal(one, sample_block(100, mixture, 0, 5, np.float64))
     assert not np.array_equal(one, sample_block(100, mixture, 0, 6, np.float64))
+
+
+@pytest.mark.parametrize("store_rows,row_bytes,slab_bytes,expected", [
+    (1000, 8 * 32, 128 * 2**20, 524_000),  # 524 whole chunks of 256 kB fit in 128 MiB
+    (62_500, 8 * 32, 128 * 2**20, 500_000),
+    (500_000, 8 * 32, 64 * 2**20, 500_000),  # one chunk larger than the target: still one whole chunk
+    (7, 8, 1, 7),
+])
+def test_slabs_are_whole_store_chunks_up_to_the_target_size(store_rows, row_bytes, slab_bytes, expected):
+    from daskem.io import plan_slab_rows
+
+    rows = plan_slab_rows(store_rows, row_bytes, slab_bytes)
+    assert rows == expected and rows % store_rows == 0
