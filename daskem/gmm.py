@@ -15,22 +15,32 @@ from daskem import kernels
 from daskem.base import apply_rows, new_run_id
 from daskem.covariance import get_covariance_type
 from daskem.engine import run_em
-from daskem.init import initial_gmm_params
+from daskem.init import gmm_params_from_centers, gmm_params_from_random_responsibilities, initial_centers
 from daskem.models import GaussianMixtureFamily, GMMParams
 from daskem.rng import seeds_from
 from daskem.validation import as_row_blocks, check_shape, check_weights
 
-INIT_PARAMS = ("kmeans", "k-means++", "random", "random_from_data")
+INIT_PARAMS = ("kmeans", "k-means||", "k-means++", "random", "random_from_data")
 
 
 class GaussianMixture(DensityMixin, BaseEstimator):
     """Gaussian mixture fitted by EM; the data stays in its chunks, only statistics travel.
 
-    Parameters mean what they mean in :class:`sklearn.mixture.GaussianMixture`. ``init_params``
-    "k-means++" and "random_from_data" assign every row to its nearest seed to compute the initial
-    covariances (scikit-learn uses the seed rows alone). ``fan_in`` is the number of partial
-    statistics merged per reduction task; ``init_sample_size`` bounds the rows sampled to seed
-    k-means++. ``n_init`` restarts advance together, one read of the data per iteration for all.
+    Parameters mean what they mean in :class:`sklearn.mixture.GaussianMixture`, except:
+
+    - ``init_params="kmeans"`` (default) fits k-means by Lloyd's algorithm on the data, seeded
+      by k-means|| (:mod:`daskem.kmeans_parallel`; scikit-learn seeds it by k-means++), then
+      starts from the statistics of the rows nearest each centre;
+    - ``init_params="k-means||"`` (not in scikit-learn) starts from the statistics of the rows
+      nearest the k-means|| centres, without Lloyd's iterations;
+    - ``init_params`` "k-means++" and "random_from_data" assign every row to its nearest seed to
+      compute the initial covariances (scikit-learn uses the seed rows alone).
+
+    ``oversampling_factor`` (about ``oversampling_factor * n_components`` candidates drawn per
+    round) and ``init_rounds`` (number of rounds, each one pass over the data) tune k-means|| for
+    "kmeans" and "k-means||". ``init_sample_size`` bounds the rows sampled to seed "k-means++".
+    ``fan_in`` is the number of partial statistics merged per reduction task. ``n_init`` restarts
+    advance together, one read of the data per pass for all.
     """
 
     _parameter_constraints = {
@@ -47,6 +57,8 @@ class GaussianMixture(DensityMixin, BaseEstimator):
         "random_state": ["random_state"],
         "fan_in": [Interval(Integral, 2, None, closed="left")],
         "init_sample_size": [Interval(Integral, 1, None, closed="left")],
+        "oversampling_factor": [Interval(Real, 0.0, None, closed="neither")],
+        "init_rounds": [Interval(Integral, 1, None, closed="left")],
     }
 
     def __init__(
@@ -65,6 +77,8 @@ class GaussianMixture(DensityMixin, BaseEstimator):
         random_state=None,
         fan_in=8,
         init_sample_size=100_000,
+        oversampling_factor=2.0,
+        init_rounds=5,
     ):
         self.n_components = n_components
         self.covariance_type = covariance_type
@@ -79,6 +93,8 @@ class GaussianMixture(DensityMixin, BaseEstimator):
         self.random_state = random_state
         self.fan_in = fan_in
         self.init_sample_size = init_sample_size
+        self.oversampling_factor = oversampling_factor
+        self.init_rounds = init_rounds
 
     # ------------------------------------------------------------------ fitting
     def fit(self, X, y=None):
@@ -91,13 +107,7 @@ class GaussianMixture(DensityMixin, BaseEstimator):
         labels = [f"gmm restart {i}" for i in range(len(starts))] if len(starts) > 1 else ["gmm"]
         results = run_em(X, [family] * len(starts), starts, max_iter=self.max_iter, tol=self.tol,
                          run_id=run_id, fan_in=self.fan_in, labels=labels)
-        best = max(results, key=lambda result: result.objective)
-        self._set_params(best.params, X.shape[1])
-        self.converged_ = best.converged
-        self.n_iter_ = best.n_iter
-        self.lower_bound_ = best.objective
-        self.lower_bounds_ = list(best.history)
-        self.history_ = list(best.history)
+        self._set_fit(max(results, key=lambda result: result.objective), X.shape[1])
         if not self.converged_:
             warnings.warn(
                 f"GaussianMixture did not converge in {self.max_iter} iterations (tol={self.tol}): "
@@ -111,32 +121,64 @@ class GaussianMixture(DensityMixin, BaseEstimator):
         """Fit, then label ``X`` with the fitted model (lazy for Dask input)."""
         return self.fit(X).predict(X)
 
-    def _initial_params(self, X, family, run_id) -> list[GMMParams]:
-        """Initial parameters per restart: from ``init_params``, then the explicit ``*_init`` on top."""
-        n_components, n_features = self.n_components, X.shape[1]
-        cov = family.covariance
+    def _explicit_start(self, cov, n_features: int):
+        """The validated ``weights_init``, ``means_init`` and precision Cholesky factors of
+        ``precisions_init`` (each None when not given)."""
+        n_components = self.n_components
         weights = None if self.weights_init is None else check_weights(self.weights_init, n_components)
         means = None if self.means_init is None else check_shape(self.means_init, (n_components, n_features), "means_init")
         prec_chol = None
         if self.precisions_init is not None:
             precisions = cov.check_precisions(self.precisions_init, n_components, n_features)
             prec_chol = cov.precision_cholesky_from_precisions(precisions)
-        explicit = [weights is not None, means is not None, prec_chol is not None]
-        if all(explicit):
-            covariances = cov.covariances_from_precision_cholesky(prec_chol)
-            return [GMMParams(weights, means, covariances, prec_chol)] * self.n_init
+        return weights, means, prec_chol
+
+    def _start_centers(self, X, seeds, name) -> list[np.ndarray] | None:
+        """Centres whose nearest rows give the initial parameters, one set per restart; None for
+        ``init_params="random"`` (random responsibilities instead). Given ``means_init``, they are the
+        centres: one pass, where scikit-learn would run the whole ``init_params`` first."""
+        _, means, _ = self._explicit_start(get_covariance_type(self.covariance_type), X.shape[1])
+        if means is not None:
+            return [means]
+        if self.init_params == "random":
+            return None
+        return initial_centers(X, self.n_components, self.init_params, seeds, sample_size=self.init_sample_size,
+                               name=name, fan_in=self.fan_in, oversampling_factor=self.oversampling_factor,
+                               n_rounds=self.init_rounds)
+
+    def _initial_params(self, X, family, run_id) -> list[GMMParams]:
+        """Initial parameters per restart: from ``init_params``, then the explicit ``*_init`` on top."""
+        weights, means, prec_chol = self._explicit_start(family.covariance, X.shape[1])
+        if weights is not None and means is not None and prec_chol is not None:
+            covariances = family.covariance.covariances_from_precision_cholesky(prec_chol)
+            return [GMMParams(weights, means, covariances, prec_chol)]
         seeds = seeds_from(self.random_state, self.n_init)
-        starts = initial_gmm_params(X, family, n_components, self.init_params, seeds,
-                                    sample_size=self.init_sample_size, name=f"{run_id}-init", fan_in=self.fan_in)
-        return [
-            GMMParams(
-                start.weights if weights is None else weights,
-                start.means if means is None else means,
-                start.covariances if prec_chol is None else cov.covariances_from_precision_cholesky(prec_chol),
-                start.precisions_cholesky if prec_chol is None else prec_chol,
-            )
-            for start in starts
-        ]
+        centers = self._start_centers(X, seeds, f"{run_id}-init")
+        if centers is None:
+            starts = gmm_params_from_random_responsibilities(X, family, self.n_components, seeds,
+                                                             name=f"{run_id}-init", fan_in=self.fan_in)
+        else:
+            starts = gmm_params_from_centers(X, [(family, c) for c in centers], name=f"{run_id}-assign",
+                                             fan_in=self.fan_in)
+        return [self._with_explicit(start, family.covariance, X.shape[1]) for start in starts]
+
+    def _with_explicit(self, start: GMMParams, cov, n_features: int) -> GMMParams:
+        """``start`` with the explicitly given initial parameters put in its place."""
+        weights, means, prec_chol = self._explicit_start(cov, n_features)
+        if prec_chol is not None:
+            start = GMMParams(start.weights, start.means, cov.covariances_from_precision_cholesky(prec_chol), prec_chol)
+        return GMMParams(start.weights if weights is None else weights, start.means if means is None else means,
+                         start.covariances, start.precisions_cholesky)
+
+    def _set_fit(self, result, n_features: int) -> None:
+        """The fitted attributes of one EM result."""
+        self._set_params(result.params, n_features)
+        self.converged_ = result.converged
+        self.n_iter_ = result.n_iter
+        self.lower_bound_ = result.objective
+        self.lower_bounds_ = list(result.history)
+        self.history_ = list(result.history)
+        self.iteration_seconds_ = list(result.seconds)
 
     def _set_params(self, params: GMMParams, n_features: int) -> None:
         cov = get_covariance_type(self.covariance_type)

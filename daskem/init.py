@@ -1,5 +1,9 @@
 """Initial parameters, computed from the data in a fixed number of passes.
 
+k-means|| (the default seeding of k-means, also for the k-means that starts a mixture) lives in
+:mod:`daskem.kmeans_parallel`; the samplers below serve "k-means++", "random" and
+"random_from_data".
+
 Rows are sampled by priority: each row gets a counter-based uniform draw keyed by (seed, global
 row index) and the rows with the smallest draws are kept, merged in the same tree as everything
 else. The sample is therefore a uniform sample without replacement, bounded in size on every
@@ -16,7 +20,9 @@ import dask.array as da
 import numpy as np
 from sklearn.cluster import kmeans_plusplus
 
+from daskem.kernels import resp_chunk_stats
 from daskem.engine import check_finite_block, map_reduce, run_em
+from daskem.kmeans_parallel import kmeans_parallel_centers
 from daskem.models import GaussianMixtureFamily, KMeansFamily, KMeansParams
 from daskem.rng import row_uniforms
 from daskem.stats import SuffStats, merge_candidates
@@ -83,8 +89,13 @@ def random_row_centers(X, n_clusters, seeds, *, name, fan_in) -> list[np.ndarray
     return sample_rows(X, n_clusters, seeds, name=name, fan_in=fan_in)
 
 
-def kmeans_initial_centers(X, n_clusters, init, seeds, *, sample_size, name, fan_in) -> list[np.ndarray]:
-    """Initial centres for each restart according to ``init`` ("k-means++", "random" or an array)."""
+def kmeans_initial_centers(X, n_clusters, init, seeds, *, sample_size, name, fan_in,
+                           oversampling_factor=2.0, n_rounds=5) -> list[np.ndarray]:
+    """Initial centres for each restart according to ``init`` ("k-means||", "k-means++", "random" or
+    an array); ``oversampling_factor`` and ``n_rounds`` serve k-means||, ``sample_size`` k-means++."""
+    if isinstance(init, str) and init == "k-means||":
+        return kmeans_parallel_centers(X, n_clusters, seeds, oversampling_factor=oversampling_factor,
+                                       n_rounds=n_rounds, name=name, fan_in=fan_in)
     if isinstance(init, str) and init == "k-means++":
         return kmeans_plusplus_centers(X, n_clusters, seeds, sample_size=sample_size, name=name, fan_in=fan_in)
     if isinstance(init, str) and init == "random":
@@ -92,41 +103,39 @@ def kmeans_initial_centers(X, n_clusters, init, seeds, *, sample_size, name, fan
     return [np.asarray(init, dtype=np.float64) for _ in seeds]
 
 
-def lloyd_centers(X, n_clusters, seeds, *, sample_size, name, fan_in) -> list[np.ndarray]:
-    """Centres of a k-means fit per seed (k-means++ seeding, then Lloyd), all restarts in the same passes."""
-    starts = kmeans_plusplus_centers(X, n_clusters, seeds, sample_size=sample_size, name=f"{name}-seed", fan_in=fan_in)
+def lloyd_centers(X, n_clusters, seeds, *, oversampling_factor=2.0, n_rounds=5, name, fan_in) -> list[np.ndarray]:
+    """Centres of a k-means fit per seed (k-means|| seeding, then Lloyd), all restarts in the same passes."""
+    starts = kmeans_parallel_centers(X, n_clusters, seeds, oversampling_factor=oversampling_factor,
+                                     n_rounds=n_rounds, name=f"{name}-seed", fan_in=fan_in)
     results = run_em(X, [KMeansFamily()] * len(starts), [KMeansParams(c) for c in starts],
                      max_iter=KMEANS_FOR_GMM_MAX_ITER, tol=KMEANS_FOR_GMM_TOL, run_id=f"{name}-lloyd",
                      fan_in=fan_in, labels=[f"k-means init {i}" for i in range(len(starts))])
     return [result.params.centers for result in results]
 
 
-def _hard_assignment_stats(block, row_start, payload) -> tuple[SuffStats, ...]:
-    """Statistics under nearest-centre assignments, for each set of centres."""
+def _hard_assignment_stats(block, row_start, pairs) -> tuple[SuffStats, ...]:
+    """Statistics under nearest-centre assignments, for each (family, centres) pair."""
     check_finite_block(block, row_start)
-    family, centers_list = payload
-    return tuple(family.hard_chunk_stats(block, centers) for centers in centers_list)
+    return tuple(family.hard_chunk_stats(block, centers) for family, centers in pairs)
 
 
-def gmm_params_from_centers(X, family: GaussianMixtureFamily, centers_list, *, name, fan_in) -> list:
-    """Mixture parameters from the rows nearest each centre (one pass for all sets of centres)."""
-    stats = map_reduce(X, _hard_assignment_stats, (family, tuple(centers_list)), name=name,
-                       combine=merge_candidates, fan_in=fan_in)
-    return [family.m_step(s, centers) for s, centers in zip(stats, centers_list)]
+def gmm_params_from_centers(X, pairs, *, name, fan_in) -> list:
+    """Mixture parameters from the rows nearest each set of centres, for every ``(family, centres)``
+    pair in one pass (mixtures of several sizes and covariance types share it)."""
+    pairs = tuple(pairs)
+    stats = map_reduce(X, _hard_assignment_stats, pairs, name=name, combine=merge_candidates, fan_in=fan_in)
+    return [family.m_step(s, centers) for s, (family, centers) in zip(stats, pairs)]
 
 
 def _random_responsibility_stats(block, row_start, payload) -> tuple[SuffStats, ...]:
-    """Statistics under random responsibilities drawn per row, around a common reference row."""
+    """Statistics under random responsibilities drawn per row (by global row index), per seed."""
     check_finite_block(block, row_start)
     family, seeds, shift = payload
-    X = np.asarray(block, dtype=np.float64)
-    centred = X - shift[0]
     stats = []
     for seed in seeds:
-        resp = row_uniforms(seed, RANDOM_RESPONSIBILITY_STREAM, row_start, X.shape[0], shift.shape[0])
+        resp = row_uniforms(seed, RANDOM_RESPONSIBILITY_STREAM, row_start, block.shape[0], shift.shape[0])
         resp /= resp.sum(axis=1, keepdims=True)
-        stats.append(SuffStats(X.shape[0], 0.0, resp.sum(axis=0), resp.T @ centred,
-                               family.covariance.chunk_s2(X, resp, shift)))
+        stats.append(resp_chunk_stats(block, resp, shift, family.covariance))
     return tuple(stats)
 
 
@@ -139,14 +148,17 @@ def gmm_params_from_random_responsibilities(X, family, n_components, seeds, *, n
     return [family.m_step(s, shift) for s in stats]
 
 
-def initial_gmm_params(X, family, n_components, init_params, seeds, *, sample_size, name, fan_in) -> list:
-    """Initial mixture parameters per restart, according to scikit-learn's ``init_params`` choices."""
-    if init_params == "random":
-        return gmm_params_from_random_responsibilities(X, family, n_components, seeds, name=name, fan_in=fan_in)
+def initial_centers(X, n_components, init_params, seeds, *, sample_size, name, fan_in,
+                    oversampling_factor=2.0, n_rounds=5) -> list[np.ndarray]:
+    """Centres per restart that start a mixture, for every ``init_params`` but "random":
+    "kmeans" (k-means|| seeding then Lloyd), "k-means||" (its centres alone), "k-means++" (on a
+    sample of ``sample_size`` rows) and "random_from_data" (distinct rows)."""
     if init_params == "kmeans":
-        centers = lloyd_centers(X, n_components, seeds, sample_size=sample_size, name=name, fan_in=fan_in)
-    elif init_params == "k-means++":
-        centers = kmeans_plusplus_centers(X, n_components, seeds, sample_size=sample_size, name=name, fan_in=fan_in)
-    else:  # "random_from_data"
-        centers = random_row_centers(X, n_components, seeds, name=name, fan_in=fan_in)
-    return gmm_params_from_centers(X, family, centers, name=f"{name}-assign", fan_in=fan_in)
+        return lloyd_centers(X, n_components, seeds, oversampling_factor=oversampling_factor,
+                             n_rounds=n_rounds, name=name, fan_in=fan_in)
+    if init_params == "k-means||":
+        return kmeans_parallel_centers(X, n_components, seeds, oversampling_factor=oversampling_factor,
+                                       n_rounds=n_rounds, name=name, fan_in=fan_in)
+    if init_params == "k-means++":
+        return kmeans_plusplus_centers(X, n_components, seeds, sample_size=sample_size, name=name, fan_in=fan_in)
+    return random_row_centers(X, n_components, seeds, name=name, fan_in=fan_in)  # "random_from_data"

@@ -19,17 +19,28 @@ from daskem.models import KMeansFamily, KMeansParams
 from daskem.rng import seeds_from
 from daskem.validation import as_row_blocks, check_shape
 
-INIT_METHODS = ("k-means++", "random")
+INIT_METHODS = ("k-means||", "k-means++", "random")
 
 
 class KMeans(ClusterMixin, TransformerMixin, BaseEstimator):
     """k-means fitted by Lloyd's algorithm over the chunks of a Dask array.
 
     ``tol`` is the convergence threshold on the relative change of the inertia between two
-    iterations (not scikit-learn's centre shift). ``init`` is "k-means++" (seeded on a sample of at
-    most ``init_sample_size`` rows), "random" (distinct rows drawn uniformly) or an array of
-    initial centres. ``n_init`` restarts advance together, one read of the data per iteration for
-    all, and the lowest inertia wins. ``inertia_`` is the inertia of the returned centres.
+    iterations (not scikit-learn's centre shift). ``init`` is one of:
+
+    - "k-means||" (default, Bahmani et al. 2012, see :mod:`daskem.kmeans_parallel`): a uniformly
+      drawn first centre, then ``init_rounds`` rounds that each draw about
+      ``oversampling_factor * n_clusters`` candidate rows with probability proportional to their
+      squared distance to the candidates so far, then weighted k-means++ and Lloyd on the candidates
+      on the client. ``init_rounds + 1`` passes over the data, whatever its size;
+    - "k-means++": seeded on a uniform sample of at most ``init_sample_size`` rows (one pass);
+    - "random": distinct rows drawn uniformly (one pass);
+    - an array of initial centres.
+
+    Every draw is keyed by the seed and the global row index, so the result does not depend on
+    the chunking or the cluster. ``n_init`` restarts advance together, one read of the data per
+    pass for all (initialization included), and the lowest inertia wins. ``inertia_`` is the
+    inertia of the returned centres.
     """
 
     _parameter_constraints = {
@@ -41,19 +52,23 @@ class KMeans(ClusterMixin, TransformerMixin, BaseEstimator):
         "random_state": ["random_state"],
         "fan_in": [Interval(Integral, 2, None, closed="left")],
         "init_sample_size": [Interval(Integral, 1, None, closed="left")],
+        "oversampling_factor": [Interval(Real, 0.0, None, closed="neither")],
+        "init_rounds": [Interval(Integral, 1, None, closed="left")],
     }
 
     def __init__(
         self,
         n_clusters=8,
         *,
-        init="k-means++",
+        init="k-means||",
         n_init=1,
         max_iter=300,
         tol=1e-4,
         random_state=None,
         fan_in=8,
         init_sample_size=100_000,
+        oversampling_factor=2.0,
+        init_rounds=5,
     ):
         self.n_clusters = n_clusters
         self.init = init
@@ -63,6 +78,8 @@ class KMeans(ClusterMixin, TransformerMixin, BaseEstimator):
         self.random_state = random_state
         self.fan_in = fan_in
         self.init_sample_size = init_sample_size
+        self.oversampling_factor = oversampling_factor
+        self.init_rounds = init_rounds
 
     def fit(self, X, y=None):
         """Fit the centres to ``X`` (NumPy or a Dask array chunked along rows)."""
@@ -74,7 +91,8 @@ class KMeans(ClusterMixin, TransformerMixin, BaseEstimator):
         run_id = new_run_id("kmeans")
         seeds = seeds_from(self.random_state, 1 if explicit else self.n_init)
         starts = kmeans_initial_centers(X, self.n_clusters, self.init, seeds, sample_size=self.init_sample_size,
-                                        name=f"{run_id}-init", fan_in=self.fan_in)
+                                        name=f"{run_id}-init", fan_in=self.fan_in,
+                                        oversampling_factor=self.oversampling_factor, n_rounds=self.init_rounds)
         labels = [f"k-means restart {i}" for i in range(len(starts))] if len(starts) > 1 else ["k-means"]
         results = run_em(X, [KMeansFamily()] * len(starts), [KMeansParams(c) for c in starts],
                          max_iter=self.max_iter, tol=self.tol, run_id=run_id, fan_in=self.fan_in, labels=labels)
@@ -84,6 +102,7 @@ class KMeans(ClusterMixin, TransformerMixin, BaseEstimator):
         self.n_iter_ = best.n_iter
         self.converged_ = best.converged
         self.history_ = list(best.history)
+        self.iteration_seconds_ = list(best.seconds)
         self.n_features_in_ = X.shape[1]
         if not self.converged_:
             warnings.warn(

@@ -1,0 +1,311 @@
+"""k-means|| initialization (Bahmani et al. 2012) in a number of passes over the data constant in N.
+
+k-means++ needs k sequential passes; k-means|| draws about ``l = oversampling_factor * k``
+candidates per pass for a fixed number of rounds, weights each candidate by the number of rows
+nearest it, and reduces the weighted candidates to k centres on the client (weighted k-means++,
+then weighted Lloyd). Passes over the data, for any number of seeds (``n_init`` restarts advance
+in the same passes):
+
+* the first centre, one uniformly drawn row per seed: its global index comes from the seed and N
+  alone, so one task per seed reads just the block that holds it (at most ``n_init`` blocks);
+* round 1 .. ``n_rounds``: one pass each; round 1 also checks every row for NaN and infinity;
+* one counting pass for the candidate weights.
+
+So ``n_rounds + 1`` passes (the textbook ``n_rounds + 2`` spends a whole pass on the first centre),
+fewer when every row already equals a candidate (phi = 0: later rounds would draw nothing) or when
+no seed needs weights (at most k candidates and all rows covered). Picking the first centre inside
+round 1's graph would save even the few block reads, but every map task would then wait on it and
+a distributed scheduler would load all blocks into memory meanwhile.
+
+One pass per round, exactly: a row is kept in round r iff ``u < l d^2 / phi``, i.e.
+``d^2 / u > phi / l``, with ``d^2`` its squared distance to the candidates, ``u`` a uniform draw
+keyed by (seed, round, global row index) and ``phi`` the sum of ``d^2`` over all rows. ``phi`` is
+unknown inside a block, but ``phi >= phi_block``: a block keeps only rows with
+``d^2 / u > phi_block / l`` (at most about ``l`` in expectation) with its partial ``phi``; every
+merge of the tree adds the partial phis and prunes again; the root applies the exact threshold.
+The draws depend on nothing but the seed, the round and the global row index, so the centres are
+the same on any chunking and any cluster.
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from dataclasses import dataclass
+from functools import partial
+from typing import NamedTuple, Sequence
+
+import dask
+import dask.array as da
+import numpy as np
+from sklearn.cluster import KMeans as LocalKMeans
+from sklearn.cluster import kmeans_plusplus
+
+from daskem.engine import DEFAULT_FAN_IN, block_row_starts, check_finite_block, map_reduce
+from daskem.kernels import nearest_center
+from daskem.rng import row_uniforms
+
+logger = logging.getLogger("daskem")
+
+# Random streams of rng.row_uniforms (init.py uses 1 and 2): round r draws from ROUND_STREAM + r.
+FIRST_CENTER_STREAM = 1000
+FALLBACK_STREAM = 1001
+ROUND_STREAM = 1100
+# Floats in one temporary of a kernel (2 MiB): blocks are cut into pieces of rows so that a task
+# needs little memory beyond its block, whatever the number of candidates.
+DISTANCE_ELEMENTS = 2**18
+
+
+@dataclass(frozen=True)
+class KMeansParallelResult:
+    """One seed's outcome: the centres and how they were found (for logs and tests)."""
+
+    centers: np.ndarray  # (k, D)
+    candidates: np.ndarray  # (m, D) distinct rows: the first centre, then each round's draws by row index
+    weights: np.ndarray  # (m,) rows nearest each candidate; empty when the counting pass was skipped
+    round_sizes: tuple[int, ...]  # distinct new candidates per round run
+    costs: tuple[float, ...]  # phi before each round run
+
+
+class Selection(NamedTuple):
+    """Rows still in the running for one seed, with the partial phi of the rows they came from."""
+
+    phi: float
+    keys: np.ndarray
+    index: np.ndarray
+    rows: np.ndarray
+
+
+@dataclass(frozen=True)
+class RoundRequest:
+    seeds: tuple[int, ...]
+    candidates: tuple[np.ndarray, ...]
+    round: int
+
+
+@dataclass(frozen=True)
+class WeightRequest:
+    seeds: tuple[int, ...]
+    candidates: tuple[np.ndarray, ...]
+    fallback_sizes: tuple[int, ...]  # distinct uncovered rows to sample, per seed (0: none)
+
+
+def _pieces(block, centers: np.ndarray):
+    """``(offset, rows, labels, d2)`` over pieces of the block: ``nearest_center`` makes a few
+    temporaries of rows x max(candidates, features) floats, each kept near DISTANCE_ELEMENTS."""
+    step = max(1, DISTANCE_ELEMENTS // max(len(centers), block.shape[1]))
+    for offset in range(0, block.shape[0], step):
+        rows = block[offset : offset + step]
+        labels, d2 = nearest_center(rows, centers)
+        yield offset, rows, labels, d2
+
+
+def _check_finite(block, row_start: int) -> None:
+    """``check_finite_block``'s error, without its (rows x features) temporary on clean blocks."""
+    step = max(1, DISTANCE_ELEMENTS // block.shape[1])
+    if not all(np.isfinite(block[start : start + step]).all() for start in range(0, block.shape[0], step)):
+        check_finite_block(block, row_start)
+
+
+def _empty(n_features: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    return np.zeros(0), np.zeros(0, dtype=np.int64), np.zeros((0, n_features))
+
+
+def _prune(selection: Selection, oversampling: float) -> Selection:
+    """Drop the rows whose key cannot beat phi / l: ``phi`` here never exceeds the total."""
+    keep = selection.keys > selection.phi / oversampling
+    return Selection(selection.phi, selection.keys[keep], selection.index[keep], selection.rows[keep])
+
+
+def _round_block(block, row_start: int, request: RoundRequest, oversampling: float) -> list[Selection]:
+    """One block of a round: per seed, its rows with ``d^2 / u > phi_block / l`` and ``phi_block``.
+    The block is pruned piece by piece first (a piece's phi is a lower bound too), so memory
+    holds one piece's temporaries, not the block's."""
+    if request.round == 1:
+        _check_finite(block, row_start)
+    selections = []
+    for seed, centers in zip(request.seeds, request.candidates):
+        kept = Selection(0.0, *_empty(block.shape[1]))
+        for offset, rows, _, d2 in _pieces(block, centers):
+            u = 1.0 - row_uniforms(seed, ROUND_STREAM + request.round, row_start + offset, len(rows))[:, 0]  # (0, 1]
+            keys = d2 / u
+            keep = np.flatnonzero(keys > d2.sum() / oversampling)
+            piece = Selection(float(d2.sum()), keys[keep], row_start + offset + keep,
+                              np.asarray(rows[keep], dtype=np.float64))
+            (kept,) = _merge_selections([[kept], [piece]], oversampling)  # about l rows kept, not l per piece
+        selections.append(kept)
+    return selections
+
+
+def _merge_selections(parts: list[list[Selection]], oversampling: float) -> list[Selection]:
+    """Add the partial phis (a sum of non-negative terms never decreases) and prune again."""
+    merged = []
+    for per_seed in zip(*parts, strict=True):
+        phi = float(np.sum([part.phi for part in per_seed]))
+        columns = (np.concatenate(column) for column in zip(*(part[1:] for part in per_seed)))
+        merged.append(_prune(Selection(phi, *columns), oversampling))
+    return merged
+
+
+def _pick_row(block, row_start: int, offset: int) -> np.ndarray:
+    """Row ``row_start + offset``, as float64, after the same finite check as every pass."""
+    check_finite_block(block, row_start)
+    return np.asarray(block[offset], dtype=np.float64)[None, :]
+
+
+def first_center_rows(n_rows: int, seeds: Sequence[int]) -> list[int]:
+    """The global index of each seed's first centre: uniform over the rows, keyed by the seed alone."""
+    return [min(int(row_uniforms(seed, FIRST_CENTER_STREAM, 0, 1)[0, 0] * n_rows), n_rows - 1) for seed in seeds]
+
+
+def first_centers(X: da.Array, seeds: Sequence[int], *, name: str) -> list[np.ndarray]:
+    """Each seed's first centre, (1, D), read by one task per seed from the block that holds it:
+    one compute that reads at most ``len(seeds)`` blocks, and sends only the rows to the client."""
+    starts = block_row_starts(X)
+    blocks = X.to_delayed(optimize_graph=False).ravel()
+    picks = []
+    for number, row in enumerate(first_center_rows(X.shape[0], seeds)):
+        block = int(np.searchsorted(starts, row, side="right")) - 1  # the last block starting at or before row
+        picks.append(dask.delayed(_pick_row, pure=True)(blocks[block], starts[block], row - starts[block],
+                                                       dask_key_name=(name, number)))
+    return list(dask.compute(*picks))
+
+
+def _distinct(rows: np.ndarray) -> np.ndarray:
+    """``rows`` without repeated values, each kept at its first position."""
+    _, first = np.unique(rows, axis=0, return_index=True)
+    return rows[np.sort(first)]
+
+
+def _best_distinct(keys, index, rows, size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The ``size`` distinct row values of smallest key (ties by row index), each with its best key."""
+    order = np.lexsort((index, keys))
+    taken = size
+    while True:  # grow the prefix until it holds ``size`` distinct values or everything
+        prefix = order[:taken]
+        _, first = np.unique(rows[prefix], axis=0, return_index=True)
+        if first.size >= size or taken >= order.size:
+            chosen = prefix[np.sort(first)][:size]
+            return keys[chosen], index[chosen], rows[chosen]
+        taken *= 2
+
+
+def _weight_block(block, row_start: int, request: WeightRequest) -> list[tuple]:
+    """Per seed: rows nearest each candidate, phi, and (if asked) a D^2-weighted sample of uncovered rows.
+
+    The sample keeps the smallest keys ``-log(u) / d^2`` (Efraimidis-Spirakis): weighted sampling
+    without replacement, mergeable, no phi needed. Rows equal to a candidate (d^2 = 0) never enter.
+    """
+    out = []
+    for seed, centers, size in zip(request.seeds, request.candidates, request.fallback_sizes):
+        counts, phi, samples = np.zeros(len(centers), dtype=np.int64), 0.0, [_empty(block.shape[1])]
+        for offset, rows, labels, d2 in _pieces(block, centers):
+            counts += np.bincount(labels, minlength=len(centers))
+            phi += float(d2.sum())
+            if size:
+                uncovered = np.flatnonzero(d2 > 0)
+                u = 1.0 - row_uniforms(seed, FALLBACK_STREAM, row_start + offset, len(rows))[uncovered, 0]
+                samples.append(_best_distinct(-np.log(u) / d2[uncovered], row_start + offset + uncovered,
+                                              np.asarray(rows[uncovered], dtype=np.float64), size))
+        fallback = _best_distinct(*(np.concatenate(c) for c in zip(*samples)), size) if size else None
+        out.append((counts, phi, fallback))
+    return out
+
+
+def _merge_weights(parts: list[list[tuple]], sizes: tuple[int, ...]) -> list[tuple]:
+    merged = []
+    for per_seed, size in zip(zip(*parts, strict=True), sizes):
+        counts, phis, fallbacks = zip(*per_seed)
+        fallback = None
+        if size:
+            fallback = _best_distinct(*(np.concatenate(column) for column in zip(*fallbacks)), size)
+        merged.append((np.sum(counts, axis=0), float(np.sum(phis)), fallback))
+    return merged
+
+
+def reduce_candidates(candidates: np.ndarray, weights: np.ndarray, n_clusters: int, seed: int) -> np.ndarray:
+    """k centres from more than k weighted candidates: weighted k-means++, then weighted Lloyd to a
+    fixed point (tol=0). Each candidate is a data row, so it counts for at least itself: a weight of 0
+    (rounding between nearly equal candidates) is raised to 1 so k-means++ never repeats a centre."""
+    weights = np.maximum(np.asarray(weights, dtype=np.float64), 1.0)
+    start, _ = kmeans_plusplus(candidates, n_clusters, sample_weight=weights, random_state=seed)
+    lloyd = LocalKMeans(n_clusters, init=start, n_init=1, tol=0.0, random_state=seed, algorithm="lloyd")
+    return lloyd.fit(candidates, sample_weight=weights).cluster_centers_
+
+
+def kmeans_parallel(
+    X: da.Array,
+    n_clusters: int,
+    seeds: Sequence[int],
+    *,
+    oversampling_factor: float = 2.0,
+    n_rounds: int = 5,
+    name: str,
+    fan_in: int = DEFAULT_FAN_IN,
+) -> list[KMeansParallelResult]:
+    """k-means|| for each seed, all seeds in the same ``n_rounds + 1`` passes (see the module doc).
+
+    With fewer than k distinct candidates, the missing centres are the distinct rows of a
+    D^2-weighted sample of the rows no candidate covers (drawn in the counting pass); only if X has
+    fewer than k distinct rows are centres repeated, with a warning.
+    """
+    if oversampling_factor <= 0 or n_rounds < 1:
+        raise ValueError(f"k-means|| needs oversampling_factor > 0 and n_rounds >= 1, "
+                         f"got {oversampling_factor} and {n_rounds}")
+    seeds = [int(seed) for seed in seeds]
+    oversampling = float(oversampling_factor) * n_clusters
+    candidates = first_centers(X, seeds, name=f"{name}-first")
+    sizes, costs = [[] for _ in seeds], [[] for _ in seeds]
+    active = list(range(len(seeds)))
+    for round_ in range(1, n_rounds + 1):
+        request = RoundRequest(tuple(seeds[i] for i in active), tuple(candidates[i] for i in active), round_)
+        selections = map_reduce(X, partial(_round_block, oversampling=oversampling), request,
+                                name=f"{name}-round{round_}", fan_in=fan_in,
+                                combine=partial(_merge_selections, oversampling=oversampling))
+        ran = list(active)
+        for i, selection in zip(ran, selections):
+            before = len(candidates[i])
+            candidates[i] = _distinct(np.vstack([candidates[i], selection.rows[np.argsort(selection.index)]]))
+            sizes[i].append(len(candidates[i]) - before)
+            costs[i].append(selection.phi)
+            if selection.phi == 0:  # every row equals a candidate: later rounds would draw nothing
+                active.remove(i)
+        logger.info("k-means|| round %d: %s new candidates (l = %.1f)", round_, [sizes[i][-1] for i in ran],
+                    oversampling)
+        if not active:
+            break
+    covered = {i for i in range(len(seeds)) if costs[i][-1] == 0}
+    needs = [i for i in range(len(seeds)) if len(candidates[i]) > n_clusters
+             or (len(candidates[i]) < n_clusters and i not in covered)]
+    counted = {}
+    if needs:
+        fallback_sizes = tuple(max(0, n_clusters - len(candidates[i])) for i in needs)
+        request = WeightRequest(tuple(seeds[i] for i in needs), tuple(candidates[i] for i in needs), fallback_sizes)
+        counted = dict(zip(needs, map_reduce(X, _weight_block, request, name=f"{name}-weights", fan_in=fan_in,
+                                             combine=partial(_merge_weights, sizes=fallback_sizes))))
+        logger.info("k-means|| candidates %s, their cost %s", [len(candidates[i]) for i in needs],
+                    [float(f"{counted[i][1]:.6g}") for i in needs])
+    results = []
+    for i, seed in enumerate(seeds):
+        weights, _, fallback = counted.get(i, (np.zeros(0, dtype=np.int64), None, None))
+        centers = _final_centers(candidates[i], weights, fallback, n_clusters, seed)
+        results.append(KMeansParallelResult(centers, candidates[i], weights, tuple(sizes[i]), tuple(costs[i])))
+    return results
+
+
+def _final_centers(candidates, weights, fallback, n_clusters: int, seed: int) -> np.ndarray:
+    """k centres: reduced from more than k candidates, else the candidates and the fallback rows."""
+    if len(candidates) > n_clusters:
+        return reduce_candidates(candidates, weights, n_clusters, seed)
+    centers = candidates if fallback is None else np.vstack([candidates, fallback[2]])
+    if len(centers) < n_clusters:
+        warnings.warn(f"X has only {len(centers)} distinct rows but n_clusters={n_clusters}: "
+                      "some initial centres are repeated; lower n_clusters", stacklevel=3)
+        centers = centers[np.arange(n_clusters) % len(centers)]
+    return centers
+
+
+def kmeans_parallel_centers(X, n_clusters, seeds, *, oversampling_factor=2.0, n_rounds=5, name, fan_in) -> list:
+    """The k-means|| centres alone, one (k, D) array per seed."""
+    return [result.centers for result in kmeans_parallel(
+        X, n_clusters, seeds, oversampling_factor=oversampling_factor, n_rounds=n_rounds, name=name, fan_in=fan_in)]
