@@ -45,7 +45,7 @@ class RunResult:
 def check_config_against_data(config: DaskemConfig, source: DataSource) -> None:
     """Rules that need the data's shape: enough rows for the components, enough features for PCA."""
     n_rows, n_features = source.shape
-    if config.model.n_components > n_rows:
+    if max(config.model.n_components_list) > n_rows:
         raise ConfigError(
             f"model.n_components={config.model.n_components} is larger than the {n_rows} rows of "
             f"{source.name}; lower model.n_components or use more data"
@@ -68,21 +68,36 @@ def validate(config: DaskemConfig) -> DataSource:
     return source
 
 
+def gmm_parameters(model) -> dict[str, Any]:
+    """The GaussianMixture parameters a ``ModelConfig`` sets, but for n_components and covariance_type."""
+    return dict(tol=model.tol, reg_covar=model.reg_covar, max_iter=model.max_iter, n_init=model.n_init,
+                init_params=model.init, random_state=model.random_state, fan_in=model.fan_in,
+                oversampling_factor=model.oversampling_factor, init_rounds=model.init_rounds)
+
+
 def build_estimator(model):
-    """The estimator a ``ModelConfig`` describes."""
+    """The estimator a ``ModelConfig`` of one model describes."""
     from .gmm import GaussianMixture
     from .kmeans import KMeans
 
     if model.kind == "gmm":
-        return GaussianMixture(
-            model.n_components, covariance_type=model.covariance_type, tol=model.tol, reg_covar=model.reg_covar,
-            max_iter=model.max_iter, n_init=model.n_init, init_params=model.init,
-            random_state=model.random_state, fan_in=model.fan_in,
-        )
+        return GaussianMixture(model.n_components, covariance_type=model.covariance_type, **gmm_parameters(model))
     return KMeans(
         model.n_components, init=model.init, n_init=model.n_init, max_iter=model.max_iter, tol=model.tol,
-        random_state=model.random_state, fan_in=model.fan_in,
+        random_state=model.random_state, fan_in=model.fan_in, oversampling_factor=model.oversampling_factor,
+        init_rounds=model.init_rounds,
     )
+
+
+def select_estimator(model, X) -> tuple[Any, list[dict]]:
+    """Fit every candidate of a selection config in shared passes; the best estimator and the table."""
+    from .selection import fit_candidates
+
+    parameters = gmm_parameters(model)
+    n_init = parameters.pop("n_init")
+    selection = fit_candidates(X, n_components=model.n_components_list, covariance_types=model.covariance_types,
+                               n_init=n_init, criterion=model.criterion, **parameters)
+    return selection.best, selection.table_records()
 
 
 # ----------------------------------------------------------------------------- cluster
@@ -142,7 +157,7 @@ def log_dashboard(client, *, embedded: bool) -> None:
     """Log the dashboard's address (an embedded cluster serves it only when bokeh is installed)."""
     link = client.dashboard_link
     if embedded and importlib.util.find_spec("bokeh") is None:
-        logger.info("dashboard: not served, bokeh is not installed (pip install 'daskem[dashboard]')")
+        logger.info("dashboard: not served, bokeh is not installed (pip install 'bokeh>=3.1')")
     elif link:
         logger.info("dashboard: %s", link)
 
@@ -155,8 +170,31 @@ def cluster_summary(client, embedded: bool) -> dict[str, Any]:
         "n_workers": len(workers),
         "threads": sum(w.get("nthreads", 0) for w in workers.values()),
         "memory_bytes": sum(w.get("memory_limit") or 0 for w in workers.values()),
+        "smallest_memory_bytes": min((w.get("memory_limit") or 0 for w in workers.values()), default=0),
         "dashboard": client.dashboard_link,
     }
+
+
+def fit_slabs_to_workers(data_config, X, source: DataSource, cluster: dict[str, Any]):
+    """Re-plan slabs that a worker could not hold: at most 1/8 of the smallest worker memory limit.
+
+    A worker holds about two slabs at once (one being computed, one read ahead) plus their float64
+    copies; 1/8 of its limit leaves room for that and for the process itself. ``data.chunk_rows``
+    set by hand is kept, with a warning.
+    """
+    smallest = cluster.get("smallest_memory_bytes") or 0
+    slab_bytes = max(X.chunks[0]) * X.shape[1] * X.dtype.itemsize
+    if not smallest or slab_bytes <= smallest / 8:
+        return X
+    if data_config.chunk_rows:
+        logger.warning("data.chunk_rows=%d makes %.0f MiB tasks, more than 1/8 of a worker's %.0f MiB: "
+                       "workers may pause; lower it or raise cluster.memory_limit", data_config.chunk_rows,
+                       slab_bytes / 2**20, smallest / 2**20)
+        return X
+    _, X = open_data(data_config, slab_bytes=int(smallest // 8))
+    logger.info("slabs of %d rows (%.0f MiB) so that a worker's %.0f MiB hold them", X.chunks[0][0],
+                X.chunks[0][0] * X.shape[1] * X.dtype.itemsize / 2**20, smallest / 2**20)
+    return X
 
 
 def maybe_cache(X, mode: str, client):
@@ -196,6 +234,7 @@ def run(config: DaskemConfig, *, progress: bool = True) -> RunResult:
 
     with connect(config.cluster) as client, ProgressBars(client, enabled=progress):
         cluster = cluster_summary(client, config.cluster.address is None)
+        X = fit_slabs_to_workers(config.data, X, source, cluster)
         prep = None
         features = X
         if config.preprocess is not None and config.preprocess.enabled:
@@ -205,10 +244,16 @@ def run(config: DaskemConfig, *, progress: bool = True) -> RunResult:
             timings["preprocess"] = time.perf_counter() - t
         features = maybe_cache(features, config.data.cache, client)
 
-        estimator = build_estimator(config.model)
-        logger.info("fit: %r", estimator)
         t = time.perf_counter()
-        fit(estimator, features, source)
+        candidates = None
+        if config.model.is_selection:
+            logger.info("fit: %d candidate models in the same passes", len(config.model.n_components_list)
+                        * len(config.model.covariance_types) * config.model.n_init)
+            estimator, candidates = fit(lambda X: select_estimator(config.model, X), features, source)
+        else:
+            estimator = build_estimator(config.model)
+            logger.info("fit: %r", estimator)
+            fit(estimator.fit, features, source)
         timings["fit"] = time.perf_counter() - t
         model = estimator if prep is None else PreprocessedModel(estimator, prep)
 
@@ -231,6 +276,7 @@ def run(config: DaskemConfig, *, progress: bool = True) -> RunResult:
                 "cluster": cluster,
                 "preprocessing": prep.to_json() if prep is not None else None,
                 **fit_summary(estimator),
+                "candidates": candidates,
                 "outputs": {"model": "model", "predictions": "predictions.zarr" if written else None,
                             "arrays": written},
                 "timings": {k: round(v, 3) for k, v in timings.items()},
@@ -283,14 +329,14 @@ def predict(config: PredictConfig, *, progress: bool = True) -> RunResult:
     return RunResult(final, source, model, summary)
 
 
-def fit(estimator, X, source: DataSource) -> None:
-    """Fit; a ``ValueError`` raised by the data (NaN rows, singular covariances) becomes a ``DataError``."""
+def fit(fitting, X, source: DataSource):
+    """``fitting(X)``; a ``ValueError`` raised by the data (NaN rows, singular covariances) becomes a ``DataError``."""
     from sklearn.exceptions import ConvergenceWarning
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)  # the engine logs it already
         try:
-            estimator.fit(X)
+            return fitting(X)
         except ValueError as exc:
             raise DataError(f"{source.name}: fitting failed: {exc}") from None
 
@@ -305,6 +351,7 @@ def fit_summary(estimator) -> dict[str, Any]:
         "objective": "mean log-likelihood per row" if is_gmm else "inertia",
         "final_objective": float(estimator.lower_bound_ if is_gmm else estimator.inertia_),
         "history": [float(v) for v in estimator.history_],
+        "iteration_seconds": [round(float(v), 4) for v in estimator.iteration_seconds_],
     }
 
 

@@ -89,7 +89,7 @@ def test_run_writes_model_predictions_and_run_json(tmp_path, run_cli, store, kin
     model = load_model(out)
     _, X = open_array(str(store), array="X")
     labels = stored(out, "labels")
-    rows = 2000 if kind == "tied" else 1000  # data.chunk_rows, else the store's chunks
+    rows = 2000 if kind == "tied" else max(X.chunks[0])  # data.chunk_rows, else the planned slabs
     assert labels.dtype == np.int32 and labels.chunks == (rows,) and labels.shape == (N_ROWS,)
     assert ("kept in worker memory" in done.stderr) == (kind == "full")
     np.testing.assert_array_equal(labels[:], model.predict(X).compute())
@@ -122,7 +122,7 @@ def test_preprocessed_model_reloads_and_predict_applies_it(tmp_path, run_cli, st
     zarr.create_array(str(other), data=raw.astype(np.float64), chunks=(2500, N_FEATURES), zarr_format=2)
     done = run_cli("predict", out, other, "-o", tmp_path / "pred", "--responsibilities", "--n-workers", 1)
     assert done.returncode == 0, done.stderr
-    assert stored(tmp_path / "pred", "labels").chunks == (2500,)
+    assert stored(tmp_path / "pred", "labels").chunks == (N_ROWS,)  # the 2500-row chunks make one slab
     np.testing.assert_array_equal(stored(tmp_path / "pred", "labels")[:], stored(out, "labels")[:])
     assert json.loads((tmp_path / "pred" / "run.json").read_text())["command"] == "predict"
 
@@ -189,7 +189,7 @@ def _case_unknown_key(tmp_path, config):
 
 def _case_wrong_type(tmp_path, config):
     config["model"]["n_components"] = "eight"
-    return "model.n_components: Input should be a valid integer"
+    return "model.n_components: should be a valid integer"
 
 
 def _case_too_many_components(tmp_path, config):
@@ -299,3 +299,21 @@ def test_progress_events_count_the_chunks_of_each_pass():
         while not any(e["done"] == e["total"] for e in events) and time.monotonic() < deadline:
             time.sleep(0.05)
     assert events and events[-1]["total"] == 10 and events[-1]["done"] == 10
+
+
+@pytest.mark.cluster
+def test_run_with_a_list_of_components_selects_by_bic_and_records_every_candidate(tmp_path, run_cli, store):
+    config = config_for(store, tmp_path / "out", n_components=[2, 4, 6], covariance_type=["full", "diag"],
+                        max_iter=40)
+    done = run_cli("run", write_config(tmp_path / "select.yaml", config), "--no-progress")
+    assert done.returncode == 0, done.stderr
+    summary = json.loads((tmp_path / "out" / "run.json").read_text())
+    table = summary["candidates"]
+    assert len(table) == 6
+    assert {(row["n_components"], row["covariance_type"]) for row in table} == {
+        (k, t) for k in (2, 4, 6) for t in ("full", "diag")}
+    assert [row["bic"] for row in table] == sorted(row["bic"] for row in table)
+    assert table[0]["n_components"] == K  # the data has 4 true components
+    model = load_model(tmp_path / "out")
+    assert (model.n_components, model.covariance_type) == (table[0]["n_components"], table[0]["covariance_type"])
+    assert "candidates ranked by bic" in done.stderr
