@@ -136,9 +136,13 @@ class CovarianceType(ABC):
         return self._regularize(covariances, reg_covar)
 
     def log_gaussian(self, rows: CentredRows, terms: Any, log_det: np.ndarray) -> np.ndarray:
-        """(n, K) log N(x_i; mu_k, Sigma_k) from prepared terms and log-determinants."""
+        """(n, K) log N(x_i; mu_k, Sigma_k) from prepared terms and log-determinants (plus anything
+        added to them, such as log-weights); the result lives in a work buffer of ``rows``."""
         n_features = rows.values.shape[1]
-        return -0.5 * (n_features * LOG_2PI + self.squared_mahalanobis(rows, terms)) + log_det
+        log_density = self.squared_mahalanobis(rows, terms)  # a work buffer of ``rows``: scaled in place
+        log_density *= -0.5
+        log_density += log_det - 0.5 * n_features * LOG_2PI
+        return log_density
 
     def log_prob(self, X: np.ndarray, means: np.ndarray, precisions_cholesky: np.ndarray) -> np.ndarray:
         """(n, K) log N(x_i; mu_k, Sigma_k), computed on data centred at the mean of the means.

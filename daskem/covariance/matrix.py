@@ -121,20 +121,21 @@ class FullCovariance(_MatrixCovariance):
         return unpack_symmetric(rows.packed_outer @ resp, rows.values.shape[1])
 
     def density_terms(self, centred_means, precisions_cholesky):
-        """(K, P) packed precisions, ``Lambda_k m_k`` and ``m_k^T Lambda_k m_k``."""
+        """(K, P) packed precisions, ``-2 Lambda_k m_k`` as a D x K matrix, and ``m_k^T Lambda_k m_k``."""
         precisions = self.precisions(precisions_cholesky)
         linear = np.einsum("kde,ke->kd", precisions, centred_means)
         quadratic = np.ascontiguousarray(pack_symmetric(precisions).T)
-        return quadratic, linear, np.einsum("kd,kd->k", linear, centred_means)
+        return quadratic, np.ascontiguousarray(-2.0 * linear.T), np.einsum("kd,kd->k", linear, centred_means)
 
     def squared_mahalanobis(self, rows, terms):
         """``y^T Lambda_k y - 2 y^T Lambda_k m_k + m_k^T Lambda_k m_k``: one GEMM over packed outer products."""
-        quadratic, linear, constant = terms
+        quadratic, minus_twice_linear, constant = terms
+        n_components = quadratic.shape[0]
         # (K x P) @ (P x n) then transposed: twice as fast as (n x P) @ (P x K) for these shapes
-        distances = (quadratic @ rows.packed_outer).T
-        distances -= 2.0 * (rows.values @ linear.T)
+        distances = np.matmul(quadratic, rows.packed_outer, out=rows.take("distances", (n_components, rows.n_rows))).T
+        distances += np.matmul(rows.values, minus_twice_linear, out=rows.take("cross", (rows.n_rows, n_components)))
         distances += constant
-        return np.maximum(distances, 0.0)
+        return np.maximum(distances, 0.0, out=distances)
 
 
 class TiedCovariance(_MatrixCovariance):
@@ -159,7 +160,7 @@ class TiedCovariance(_MatrixCovariance):
 
     def _weighted_products(self, rows, resp):
         """``sum_i (sum_k r_ik) y_i y_i^T``: pooling before the product needs one D x D GEMM, not K."""
-        weighted = rows.values * resp.sum(axis=1)[:, None]
+        weighted = np.multiply(rows.values, resp.sum(axis=1)[:, None], out=rows.take("weighted", rows.values.shape))
         return weighted.T @ rows.values
 
     def density_terms(self, centred_means, precisions_cholesky):
@@ -170,8 +171,9 @@ class TiedCovariance(_MatrixCovariance):
     def squared_mahalanobis(self, rows, terms):
         """``||y P||^2 - 2 (y P).(m_k P) + ||m_k P||^2``: whiten the rows once for all components."""
         factor, whitened_means, whitened_norms = terms
-        whitened = rows.values @ factor
-        distances = -2.0 * (whitened @ whitened_means.T)
+        whitened = np.matmul(rows.values, factor, out=rows.take("whitened", rows.values.shape))
+        distances = np.matmul(whitened, -2.0 * whitened_means.T,
+                              out=rows.take("distances", (rows.n_rows, whitened_means.shape[0])))
         distances += np.einsum("nd,nd->n", whitened, whitened)[:, None]
         distances += whitened_norms
-        return np.maximum(distances, 0.0)
+        return np.maximum(distances, 0.0, out=distances)

@@ -24,18 +24,19 @@ class _VarianceCovariance(CovarianceType):
         return self._pool(resp.T @ rows.squares)
 
     def density_terms(self, centred_means, precisions_cholesky):
-        """Per-feature precisions, ``p_k * m_k`` and ``sum_d p_kd m_kd^2``."""
+        """Per-feature precisions, ``-2 p_k * m_k`` (D x K) and ``sum_d p_kd m_kd^2``."""
         precisions = self._expand(precisions_cholesky, *centred_means.shape) ** 2
         weighted_means = centred_means * precisions
-        return precisions, weighted_means, np.sum(centred_means * weighted_means, axis=1)
+        return precisions, np.ascontiguousarray(-2.0 * weighted_means.T), np.sum(centred_means * weighted_means, axis=1)
 
     def squared_mahalanobis(self, rows, terms):
         """(n, K) ``sum_d p_kd (y_d - m_kd)^2`` as GEMMs; accurate because the inputs are centred."""
-        precisions, weighted_means, constant = terms
-        distances = rows.squares @ precisions.T
-        distances -= 2.0 * (rows.values @ weighted_means.T)
+        precisions, minus_twice_weighted_means, constant = terms
+        shape = (rows.n_rows, precisions.shape[0])
+        distances = np.matmul(rows.squares, precisions.T, out=rows.take("distances", shape))
+        distances += np.matmul(rows.values, minus_twice_weighted_means, out=rows.take("cross", shape))
         distances += constant
-        return np.maximum(distances, 0.0)
+        return np.maximum(distances, 0.0, out=distances)
 
     def _regularize(self, covariances, reg_covar):
         return covariances + reg_covar
