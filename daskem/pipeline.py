@@ -21,7 +21,7 @@ from typing import Any, Iterator
 
 from .config import ClusterConfig, DaskemConfig, PredictConfig
 from .errors import ConfigError, DaskemUserError, DataError
-from .io import DataSource, open_data
+from .io import DataSource, open_data, slab_bytes_for_cluster
 from .outputs import StagedOutput, load_model, package_versions, save_model, write_json, write_predictions
 from .preprocess import PreprocessedModel, fit_preprocessing
 from .progress import ProgressBars
@@ -176,25 +176,24 @@ def cluster_summary(client, embedded: bool) -> dict[str, Any]:
 
 
 def fit_slabs_to_workers(data_config, X, source: DataSource, cluster: dict[str, Any]):
-    """Re-plan slabs that a worker could not hold: at most 1/8 of the smallest worker memory limit.
-
-    A worker holds about two slabs at once (one being computed, one read ahead) plus their float64
-    copies; 1/8 of its limit leaves room for that and for the process itself. ``data.chunk_rows``
-    set by hand is kept, with a warning.
-    """
+    """Re-plan the slabs for this cluster (see ``io.slab_bytes_for_cluster``): small enough for the
+    workers' memory and numerous enough to keep every thread busy. ``data.chunk_rows`` set by hand
+    is kept, with a warning when a worker could not hold it."""
     smallest = cluster.get("smallest_memory_bytes") or 0
-    slab_bytes = max(X.chunks[0]) * X.shape[1] * X.dtype.itemsize
-    if not smallest or slab_bytes <= smallest / 8:
-        return X
+    row_bytes = X.shape[1] * X.dtype.itemsize
     if data_config.chunk_rows:
-        logger.warning("data.chunk_rows=%d makes %.0f MiB tasks, more than 1/8 of a worker's %.0f MiB: "
-                       "workers may pause; lower it or raise cluster.memory_limit", data_config.chunk_rows,
-                       slab_bytes / 2**20, smallest / 2**20)
+        if smallest and data_config.chunk_rows * row_bytes > smallest / 8:
+            logger.warning("data.chunk_rows=%d makes %.0f MiB tasks, more than 1/8 of a worker's %.0f MiB: "
+                           "workers may pause; lower it or raise cluster.memory_limit", data_config.chunk_rows,
+                           data_config.chunk_rows * row_bytes / 2**20, smallest / 2**20)
         return X
-    _, X = open_data(data_config, slab_bytes=int(smallest // 8))
-    logger.info("slabs of %d rows (%.0f MiB) so that a worker's %.0f MiB hold them", X.chunks[0][0],
-                X.chunks[0][0] * X.shape[1] * X.dtype.itemsize / 2**20, smallest / 2**20)
-    return X
+    slab_bytes = slab_bytes_for_cluster(X.shape[0] * row_bytes, data_config.slab_mib * 2**20,
+                                        n_threads=cluster.get("threads") or 1, smallest_memory=smallest)
+    _, planned = open_data(data_config, slab_bytes=slab_bytes)
+    if planned.chunks != X.chunks:
+        logger.info("slabs of up to %d rows (%.1f MiB) for %d worker thread(s)", max(planned.chunks[0]),
+                    max(planned.chunks[0]) * row_bytes / 2**20, cluster.get("threads") or 1)
+    return planned
 
 
 def maybe_cache(X, mode: str, client):

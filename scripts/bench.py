@@ -80,17 +80,29 @@ def gmm_init(covariance_type, start, args) -> dict:
 
 
 # ------------------------------------------------------------------------------------ cases
+def open_store(args):
+    """The store as daskem's pipeline opens it for this cluster (slabs planned for the workers)."""
+    from dask.utils import parse_bytes
+
+    from daskem.io import DEFAULT_SLAB_BYTES, open_array, slab_bytes_for_cluster
+
+    if args.slab_rows:
+        return open_array(args.store, array="X", chunk_rows=args.slab_rows)[1]
+    slab_bytes = slab_bytes_for_cluster(args.rows * args.features * 8, DEFAULT_SLAB_BYTES, n_threads=args.workers,
+                                        smallest_memory=parse_bytes(args.memory_limit))
+    return open_array(args.store, array="X", slab_bytes=slab_bytes)[1]
+
+
 def run_daskem(args, kind: str, covariance_type: str | None, cache: bool) -> dict:
     """daskem from the Zarr store on a LocalCluster; median seconds of the EM iterations."""
     from distributed import Client, LocalCluster, wait
 
     import daskem
-    from daskem.io import open_array
 
     start = initial_parameters(args)
     with LocalCluster(n_workers=args.workers, threads_per_worker=1, memory_limit=args.memory_limit,
                       processes=True, dashboard_address=None) as cluster, Client(cluster) as client:
-        _, X = open_array(args.store, array="X", chunk_rows=args.slab_rows)
+        X = open_store(args)
         if cache:
             X = X.persist()
             wait(X)
@@ -149,12 +161,10 @@ def run_dask_ml(args, cache: bool) -> dict:
     import dask_ml.cluster
     from distributed import Client, LocalCluster, wait
 
-    from daskem.io import open_array
-
     start = initial_parameters(args)
     with LocalCluster(n_workers=args.workers, threads_per_worker=1, memory_limit=args.memory_limit,
                       processes=True, dashboard_address=None) as cluster, Client(cluster) as client:
-        _, X = open_array(args.store, array="X", chunk_rows=args.slab_rows)
+        X = open_store(args)
         if cache:
             X = X.persist()
             wait(X)
@@ -195,11 +205,9 @@ def run_floor(args) -> dict:
     """One read of the store on the cluster (median of 3), and each worker's GEMM rate."""
     from distributed import Client, LocalCluster
 
-    from daskem.io import open_array
-
     with LocalCluster(n_workers=args.workers, threads_per_worker=1, memory_limit=args.memory_limit,
                       processes=True, dashboard_address=None) as cluster, Client(cluster) as client:
-        _, X = open_array(args.store, array="X", chunk_rows=args.slab_rows)
+        X = open_store(args)
         reads = []
         for _ in range(3):
             started = time.perf_counter()
@@ -243,7 +251,7 @@ def report(args, results: dict[str, dict]) -> str:
     classic_flops = 4 * n * k * d * d  # whitening product + weighted outer products, D x D per component
     arithmetic = classic_flops / rate
     lines = [
-        f"data: {n} x {d} float64, K = {k}, {args.workers} workers x 1 thread, slab rows {args.slab_rows or 'store chunks'}",
+        f"data: {n} x {d} float64, K = {k}, {args.workers} workers x 1 thread, slab rows {args.slab_rows or 'planned'}",
         f"floor: read the store once {floor['read_seconds']:.3f} s; full-covariance arithmetic "
         f"{classic_flops:.2e} flop at {rate / 1e9:.1f} GFLOP/s = {arithmetic:.3f} s; "
         f"floor for full/tied = {floor['read_seconds'] + arithmetic:.3f} s",
@@ -286,7 +294,8 @@ def main(argv=None) -> int:
     parser.add_argument("--iterations", type=int, default=5, help="EM iterations per fit")
     parser.add_argument("--store", default="bench-data/bench.zarr", help="Zarr store, made if missing")
     parser.add_argument("--chunk-rows", type=int, default=62_500, help="rows per chunk of a new store")
-    parser.add_argument("--slab-rows", type=int, default=None, help="rows per task (default: the store's chunks)")
+    parser.add_argument("--slab-rows", type=int, default=None,
+                        help="rows per task (default: planned for the cluster, as the pipeline does)")
     parser.add_argument("--separation", type=float, default=2.0, help="cluster separation of a new store")
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--memory-limit", default="6GiB")

@@ -233,3 +233,17 @@ def test_slabs_are_whole_store_chunks_up_to_the_target_size(store_rows, row_byte
 
     rows = plan_slab_rows(store_rows, row_bytes, slab_bytes)
     assert rows == expected and rows % store_rows == 0
+
+
+def test_slabs_for_a_cluster_fit_the_workers_memory_and_keep_every_thread_busy():
+    from daskem.io import slab_bytes_for_cluster
+
+    MiB, GiB = 2**20, 2**30
+    # plenty of data and memory: the target size
+    assert slab_bytes_for_cluster(100 * GiB, 128 * MiB, n_threads=8, smallest_memory=4 * GiB) == 128 * MiB
+    # 256 MiB on 2 threads: 4 slabs per thread
+    assert slab_bytes_for_cluster(256 * MiB, 128 * MiB, n_threads=2, smallest_memory=4 * GiB) == 32 * MiB
+    # small workers: 1/8 of their memory
+    assert slab_bytes_for_cluster(100 * GiB, 128 * MiB, n_threads=2, smallest_memory=512 * MiB) == 64 * MiB
+    # memory unknown (no limit): only the other two rules
+    assert slab_bytes_for_cluster(100 * GiB, 128 * MiB, n_threads=2, smallest_memory=0) == 128 * MiB
