@@ -12,7 +12,7 @@ from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted
 
 from daskem import kernels
-from daskem.base import apply_rows, new_run_id
+from daskem.base import SHARED_PARAMETER_CONSTRAINTS, apply_rows, new_run_id
 from daskem.covariance import get_covariance_type
 from daskem.engine import run_em
 from daskem.init import gmm_params_from_centers, gmm_params_from_random_responsibilities, initial_centers
@@ -46,19 +46,12 @@ class GaussianMixture(DensityMixin, BaseEstimator):
     _parameter_constraints = {
         "n_components": [Interval(Integral, 1, None, closed="left")],
         "covariance_type": [str],  # checked against the registry, whose error lists the choices
-        "tol": [Interval(Real, 0.0, None, closed="left")],
         "reg_covar": [Interval(Real, 0.0, None, closed="left")],
-        "max_iter": [Interval(Integral, 1, None, closed="left")],
-        "n_init": [Interval(Integral, 1, None, closed="left")],
         "init_params": [StrOptions(set(INIT_PARAMS))],
         "weights_init": ["array-like", None],
         "means_init": ["array-like", None],
         "precisions_init": ["array-like", None],
-        "random_state": ["random_state"],
-        "fan_in": [Interval(Integral, 2, None, closed="left")],
-        "init_sample_size": [Interval(Integral, 1, None, closed="left")],
-        "oversampling_factor": [Interval(Real, 0.0, None, closed="neither")],
-        "init_rounds": [Interval(Integral, 1, None, closed="left")],
+        **SHARED_PARAMETER_CONSTRAINTS,
     }
 
     def __init__(

@@ -23,7 +23,7 @@ from sklearn.cluster import kmeans_plusplus
 from daskem.kernels import resp_chunk_stats
 from daskem.engine import check_finite_block, map_reduce, run_em
 from daskem.kmeans_parallel import kmeans_parallel_centers
-from daskem.models import GaussianMixtureFamily, KMeansFamily, KMeansParams
+from daskem.models import KMeansFamily, KMeansParams
 from daskem.rng import row_uniforms
 from daskem.stats import SuffStats, merge_candidates
 

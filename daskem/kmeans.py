@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import warnings
-from numbers import Integral, Real
+from numbers import Integral
 
 import numpy as np
 from sklearn.base import BaseEstimator, ClusterMixin, TransformerMixin
@@ -12,7 +12,7 @@ from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted
 
 from daskem import kernels
-from daskem.base import apply_rows, new_run_id
+from daskem.base import SHARED_PARAMETER_CONSTRAINTS, apply_rows, new_run_id
 from daskem.engine import run_em
 from daskem.init import kmeans_initial_centers
 from daskem.models import KMeansFamily, KMeansParams
@@ -46,14 +46,7 @@ class KMeans(ClusterMixin, TransformerMixin, BaseEstimator):
     _parameter_constraints = {
         "n_clusters": [Interval(Integral, 1, None, closed="left")],
         "init": [StrOptions(set(INIT_METHODS)), "array-like"],
-        "n_init": [Interval(Integral, 1, None, closed="left")],
-        "max_iter": [Interval(Integral, 1, None, closed="left")],
-        "tol": [Interval(Real, 0.0, None, closed="left")],
-        "random_state": ["random_state"],
-        "fan_in": [Interval(Integral, 2, None, closed="left")],
-        "init_sample_size": [Interval(Integral, 1, None, closed="left")],
-        "oversampling_factor": [Interval(Real, 0.0, None, closed="neither")],
-        "init_rounds": [Interval(Integral, 1, None, closed="left")],
+        **SHARED_PARAMETER_CONSTRAINTS,
     }
 
     def __init__(

@@ -265,14 +265,7 @@ def run(config: DaskemConfig, *, progress: bool = True) -> RunResult:
             timings["outputs"] = time.perf_counter() - t
             timings["total"] = time.perf_counter() - t0
             summary = {
-                "complete": True,
-                "command": "run",
-                "started_at": started_at,
-                "finished_at": _now(),
-                "config": config.model_dump(mode="json"),
-                "versions": package_versions(),
-                "data": source.to_json(),
-                "cluster": cluster,
+                **run_record("run", config, started_at, source, X, cluster),
                 "preprocessing": prep.to_json() if prep is not None else None,
                 **fit_summary(estimator),
                 "candidates": candidates,
@@ -305,20 +298,14 @@ def predict(config: PredictConfig, *, progress: bool = True) -> RunResult:
     staged.check()
     with connect(config.cluster) as client, ProgressBars(client, enabled=progress):
         cluster = cluster_summary(client, config.cluster.address is None)
+        X = fit_slabs_to_workers(config.data, X, source, cluster)
         with staged as tmp:
             written = write_predictions(model, X, tmp / "predictions.zarr", labels=config.output.labels,
                                         responsibilities=config.output.responsibilities,
                                         log_density=config.output.log_density)
             summary = {
-                "complete": True,
-                "command": "predict",
-                "started_at": started_at,
-                "finished_at": _now(),
-                "config": config.model_dump(mode="json"),
+                **run_record("predict", config, started_at, source, X, cluster),
                 "model_path": str(Path(config.model_path).absolute()),
-                "versions": package_versions(),
-                "data": source.to_json(),
-                "cluster": cluster,
                 "outputs": {"predictions": "predictions.zarr" if written else None, "arrays": written},
                 "timings": {"total": round(time.perf_counter() - t0, 3)},
             }
@@ -326,6 +313,21 @@ def predict(config: PredictConfig, *, progress: bool = True) -> RunResult:
             final = staged.commit()
     logger.info("predictions of %s written to %s", source.name, final)
     return RunResult(final, source, model, summary)
+
+
+def run_record(command: str, config, started_at: str, source: DataSource, X, cluster: dict[str, Any]) -> dict:
+    """What run.json says of every command: what ran, on what data, slabs and cluster, with which versions."""
+    return {
+        "complete": True,
+        "command": command,
+        "started_at": started_at,
+        "finished_at": _now(),
+        "config": config.model_dump(mode="json"),
+        "versions": package_versions(),
+        "data": source.to_json(),
+        "slabs": {"rows": max(X.chunks[0]), "count": len(X.chunks[0])},
+        "cluster": cluster,
+    }
 
 
 def fit(fitting, X, source: DataSource):

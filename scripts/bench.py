@@ -23,6 +23,7 @@ import subprocess
 import sys
 import time
 import warnings
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -93,19 +94,27 @@ def open_store(args):
     return open_array(args.store, array="X", slab_bytes=slab_bytes)[1]
 
 
-def run_daskem(args, kind: str, covariance_type: str | None, cache: bool) -> dict:
-    """daskem from the Zarr store on a LocalCluster; median seconds of the EM iterations."""
+@contextmanager
+def cluster_and_store(args, cache: bool):
+    """A LocalCluster like the pipeline's embedded one, a client, and the store opened for it
+    (persisted on the workers when ``cache``)."""
     from distributed import Client, LocalCluster, wait
 
-    import daskem
-
-    start = initial_parameters(args)
     with LocalCluster(n_workers=args.workers, threads_per_worker=1, memory_limit=args.memory_limit,
                       processes=True, dashboard_address=None) as cluster, Client(cluster) as client:
         X = open_store(args)
         if cache:
             X = X.persist()
             wait(X)
+        yield client, X
+
+
+def run_daskem(args, kind: str, covariance_type: str | None, cache: bool) -> dict:
+    """daskem from the Zarr store on a LocalCluster; median seconds of the EM iterations."""
+    import daskem
+
+    start = initial_parameters(args)
+    with cluster_and_store(args, cache) as (client, X):
         if kind == "gmm":
             model = daskem.GaussianMixture(args.components, covariance_type=covariance_type, max_iter=args.iterations,
                                            tol=0.0, **gmm_init(covariance_type, start, args))
@@ -159,15 +168,9 @@ def run_sklearn(args, kind: str, covariance_type: str | None) -> dict:
 def run_dask_ml(args, cache: bool) -> dict:
     """dask-ml's KMeans on the same store and the same kind of cluster."""
     import dask_ml.cluster
-    from distributed import Client, LocalCluster, wait
 
     start = initial_parameters(args)
-    with LocalCluster(n_workers=args.workers, threads_per_worker=1, memory_limit=args.memory_limit,
-                      processes=True, dashboard_address=None) as cluster, Client(cluster) as client:
-        X = open_store(args)
-        if cache:
-            X = X.persist()
-            wait(X)
+    with cluster_and_store(args, cache) as (client, X):
 
         def fit(iterations):
             model = dask_ml.cluster.KMeans(n_clusters=args.components, init=start["means"],
@@ -203,11 +206,7 @@ def _touch(block):
 
 def run_floor(args) -> dict:
     """One read of the store on the cluster (median of 3), and each worker's GEMM rate."""
-    from distributed import Client, LocalCluster
-
-    with LocalCluster(n_workers=args.workers, threads_per_worker=1, memory_limit=args.memory_limit,
-                      processes=True, dashboard_address=None) as cluster, Client(cluster) as client:
-        X = open_store(args)
+    with cluster_and_store(args, cache=False) as (client, X):
         reads = []
         for _ in range(3):
             started = time.perf_counter()

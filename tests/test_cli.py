@@ -89,7 +89,7 @@ def test_run_writes_model_predictions_and_run_json(tmp_path, run_cli, store, kin
     model = load_model(out)
     _, X = open_array(str(store), array="X")
     labels = stored(out, "labels")
-    rows = 2000 if kind == "tied" else max(X.chunks[0])  # data.chunk_rows, else the planned slabs
+    rows = 2000 if kind == "tied" else summary["slabs"]["rows"]  # data.chunk_rows, else the planned slabs
     assert labels.dtype == np.int32 and labels.chunks == (rows,) and labels.shape == (N_ROWS,)
     assert ("kept in worker memory" in done.stderr) == (kind == "full")
     np.testing.assert_array_equal(labels[:], model.predict(X).compute())
@@ -122,9 +122,10 @@ def test_preprocessed_model_reloads_and_predict_applies_it(tmp_path, run_cli, st
     zarr.create_array(str(other), data=raw.astype(np.float64), chunks=(2500, N_FEATURES), zarr_format=2)
     done = run_cli("predict", out, other, "-o", tmp_path / "pred", "--responsibilities", "--n-workers", 1)
     assert done.returncode == 0, done.stderr
-    assert stored(tmp_path / "pred", "labels").chunks == (N_ROWS,)  # the 2500-row chunks make one slab
+    predicted = json.loads((tmp_path / "pred" / "run.json").read_text())
+    assert stored(tmp_path / "pred", "labels").chunks == (predicted["slabs"]["rows"],)
     np.testing.assert_array_equal(stored(tmp_path / "pred", "labels")[:], stored(out, "labels")[:])
-    assert json.loads((tmp_path / "pred" / "run.json").read_text())["command"] == "predict"
+    assert predicted["command"] == "predict"
 
 
 @pytest.mark.cluster

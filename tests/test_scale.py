@@ -32,9 +32,10 @@ def _fit_larger_than_memory(tmp_path, *, memory_limit_mib: int, store_mib: int, 
     with LocalCluster(n_workers=n_workers, threads_per_worker=1, memory_limit=limit, processes=True,
                       dashboard_address=None) as cluster, Client(cluster) as client:
         workers_before = set(client.scheduler_info()["workers"])
-        # A worker holds about two slabs at once (one computing, one read ahead) besides its own
-        # ~200 MiB of Python and libraries: slabs of limit / 16 keep it well under the pause line.
-        _, X = open_array(path, array="X", slab_bytes=limit // 16)
+        # A worker holds a few slabs at once (one computing, some read ahead, more on a busy
+        # machine) besides its own ~300 MiB of Python and libraries: slabs of limit / 32 keep it
+        # under the pause line.
+        _, X = open_array(path, array="X", slab_bytes=limit // 32)
         assert X.nbytes >= 4 * limit
         kmeans = daskem.KMeans(6, random_state=0, max_iter=4, init_rounds=2).fit(X)
         gmm = daskem.GaussianMixture(6, covariance_type="diag", max_iter=3,
@@ -47,6 +48,8 @@ def _fit_larger_than_memory(tmp_path, *, memory_limit_mib: int, store_mib: int, 
     for address, peak in peaks.items():
         assert peak < PAUSE_FRACTION * limit, f"worker {address} peaked at {peak / 2**20:.0f} MiB"
     assert np.isfinite(gmm.lower_bound_)
+    print(f"store {X.nbytes / 2**20:.0f} MiB, {n_workers} workers x {memory_limit_mib} MiB, "
+          f"peak worker memory {max(peaks.values()) / 2**20:.0f} MiB")
     return max(peaks.values()), X.nbytes
 
 
