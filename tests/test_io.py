@@ -153,7 +153,7 @@ def test_array_must_be_2d(tmp_path, shape):
 @pytest.mark.parametrize(("dtype", "zarr_format"), [("complex128", 3), ("U4", 2)])
 def test_array_must_be_real_numbers(tmp_path, dtype, zarr_format):
     write(tmp_path / "s.zarr", np.zeros((4, 2), dtype=dtype), zarr_format=zarr_format)
-    with pytest.raises(DataError, match=f"dtype .* is not numeric"):
+    with pytest.raises(DataError, match="dtype .* is not numeric"):
         open_array(str(tmp_path / "s.zarr"), array="X")
 
 
