@@ -151,14 +151,11 @@ def gmm_params_from_random_responsibilities(X, family, n_components, seeds, *, n
 def initial_centers(X, n_components, init_params, seeds, *, sample_size, name, fan_in,
                     oversampling_factor=2.0, n_rounds=5) -> list[np.ndarray]:
     """Centres per restart that start a mixture, for every ``init_params`` but "random":
-    "kmeans" (k-means|| seeding then Lloyd), "k-means||" (its centres alone), "k-means++" (on a
-    sample of ``sample_size`` rows) and "random_from_data" (distinct rows)."""
+    "kmeans" (k-means|| seeding then Lloyd), and otherwise the k-means seedings themselves:
+    "k-means||", "k-means++" (on a sample of ``sample_size`` rows), "random_from_data" (distinct rows)."""
     if init_params == "kmeans":
         return lloyd_centers(X, n_components, seeds, oversampling_factor=oversampling_factor,
                              n_rounds=n_rounds, name=name, fan_in=fan_in)
-    if init_params == "k-means||":
-        return kmeans_parallel_centers(X, n_components, seeds, oversampling_factor=oversampling_factor,
-                                       n_rounds=n_rounds, name=name, fan_in=fan_in)
-    if init_params == "k-means++":
-        return kmeans_plusplus_centers(X, n_components, seeds, sample_size=sample_size, name=name, fan_in=fan_in)
-    return random_row_centers(X, n_components, seeds, name=name, fan_in=fan_in)  # "random_from_data"
+    seeding = "random" if init_params == "random_from_data" else init_params
+    return kmeans_initial_centers(X, n_components, seeding, seeds, sample_size=sample_size, name=name, fan_in=fan_in,
+                                  oversampling_factor=oversampling_factor, n_rounds=n_rounds)
