@@ -12,10 +12,10 @@ __version__ = "0.1.0"
 # Public names and the modules that define them, imported on first use so that the command line
 # answers (and fails on bad input) without paying for scikit-learn's import.
 _EXPORTS = {
-    "GaussianMixture": "daskem.gmm",
-    "KMeans": "daskem.kmeans",
-    "fit_candidates": "daskem.selection",
-    "load_model": "daskem.outputs",
+    "GaussianMixture": "daskem.models.gaussian_mixture",
+    "KMeans": "daskem.models.kmeans",
+    "fit_candidates": "daskem.models.selection",
+    "load_model": "daskem.outputs.model_files",
 }
 
 __all__ = [*_EXPORTS, "__version__"]

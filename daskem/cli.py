@@ -1,6 +1,6 @@
 """``daskem`` / ``python -m daskem``: run | validate | predict | make-data.
 
-The command line only parses arguments and calls ``daskem.pipeline`` (or ``daskem.datagen``).
+The command line only parses arguments and calls ``daskem.pipeline.run`` (or ``daskem.data.synthetic``).
 Exit status: 0 on success; 2 for a bad config, bad data or an output in the way, printed as one
 line ``error: ...`` without a traceback; 130 when interrupted. Anything else is a bug and keeps
 its traceback (exit 1).
@@ -12,7 +12,7 @@ import argparse
 import sys
 from typing import Sequence
 
-from .errors import DaskemUserError
+from daskem.errors import DaskemUserError
 
 EPILOG = "Exit status: 0 success, 2 bad config / data / output (one 'error:' line), 130 interrupted."
 
@@ -20,7 +20,7 @@ EPILOG = "Exit status: 0 success, 2 bad config / data / output (one 'error:' lin
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    from .progress import configure_logging
+    from daskem.pipeline.progress import configure_logging
 
     configure_logging(-1 if args.quiet else args.verbose)
     try:
@@ -102,8 +102,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _run(args) -> int:
-    from .config import load_config
-    from .pipeline import run
+    from daskem.pipeline.config_loading import load_config
+    from daskem.pipeline.run import run
 
     config = load_config(args.config, args.overrides)
     result = run(config, progress=not args.no_progress)
@@ -112,8 +112,8 @@ def _run(args) -> int:
 
 
 def _validate(args) -> int:
-    from .config import load_config
-    from .pipeline import validate
+    from daskem.pipeline.config_loading import load_config
+    from daskem.pipeline.run import validate
 
     config = load_config(args.config, args.overrides)
     source = validate(config)
@@ -127,8 +127,9 @@ def _validate(args) -> int:
 
 
 def _predict(args) -> int:
-    from .config import PredictConfig, parse_config
-    from .pipeline import predict
+    from daskem.pipeline.config import PredictConfig
+    from daskem.pipeline.config_loading import parse_config
+    from daskem.pipeline.run import predict
 
     raw = {
         "model_path": args.model,
@@ -146,7 +147,7 @@ def _predict(args) -> int:
 
 
 def _make_data(args) -> int:
-    from .datagen import make_data
+    from daskem.data.synthetic import make_data
 
     summary = make_data(
         args.path, n_samples=args.n_samples, n_features=args.n_features, n_components=args.n_components,
@@ -159,7 +160,8 @@ def _make_data(args) -> int:
 
 
 def _options(pairs: Sequence[str]) -> dict:
-    from .config import ConfigError, apply_override
+    from daskem.errors import ConfigError
+    from daskem.pipeline.config_loading import apply_override
 
     out: dict = {}
     for pair in pairs:

@@ -41,7 +41,7 @@ def ensure_store(args) -> None:
     """Write the store unless one of the right shape is there already."""
     import zarr
 
-    from daskem.datagen import make_data
+    from daskem.data.synthetic import make_data
 
     if Path(args.store).exists():
         array = zarr.open_group(args.store, mode="r")["X"]
@@ -85,7 +85,8 @@ def open_store(args):
     """The store as daskem's pipeline opens it for this cluster (slabs planned for the workers)."""
     from dask.utils import parse_bytes
 
-    from daskem.io import DEFAULT_SLAB_BYTES, open_array, slab_bytes_for_cluster
+    from daskem.data.slabs import DEFAULT_SLAB_BYTES, slab_bytes_for_cluster
+    from daskem.data.stores import open_array
 
     if args.slab_rows:
         return open_array(args.store, array="X", chunk_rows=args.slab_rows)[1]

@@ -14,9 +14,9 @@ import zarr
 from conftest import cli_env, write_config
 
 from daskem.cli import main
-from daskem.io import open_array
-from daskem.outputs import load_model
-from daskem.preprocess import PreprocessedModel
+from daskem.data.stores import open_array
+from daskem.models.preprocessing import PreprocessedModel
+from daskem.outputs.model_files import load_model
 
 N_ROWS, N_FEATURES, K = 6000, 3, 4
 RUN_JSON_KEYS = {"complete", "config", "versions", "data", "cluster", "n_iter", "converged", "history",
@@ -288,7 +288,7 @@ def test_progress_events_count_the_chunks_of_each_pass():
     import dask.array as da
     from distributed import Client, LocalCluster
 
-    from daskem.progress import TOPIC, ProgressBars
+    from daskem.pipeline.progress import TOPIC, ProgressBars
 
     events = []
     with LocalCluster(n_workers=1, threads_per_worker=1, processes=False, dashboard_address=None) as cluster, \

@@ -9,11 +9,12 @@ import pydantic
 import pytest
 from conftest import write_config
 
-from daskem.config import (
+from daskem.data.stores import DataSource
+from daskem.errors import ConfigError
+from daskem.pipeline.config import (
     DEFAULTS,
     INITS,
     ClusterConfig,
-    ConfigError,
     DaskemConfig,
     DataConfig,
     ModelConfig,
@@ -21,13 +22,14 @@ from daskem.config import (
     PCAConfig,
     PredictConfig,
     PreprocessConfig,
+)
+from daskem.pipeline.config_loading import (
     apply_override,
     expand_env,
     load_config,
     parse_config,
 )
-from daskem.io import DataSource
-from daskem.pipeline import check_config_against_data
+from daskem.pipeline.run import check_config_against_data
 
 ALL_MODELS = [DaskemConfig, DataConfig, ModelConfig, ClusterConfig, PreprocessConfig, PCAConfig, OutputConfig,
               PredictConfig]
@@ -127,8 +129,8 @@ def test_probabilistic_outputs_are_refused_for_kmeans(key):
 
 
 def test_inits_and_defaults_are_the_estimators():
-    from daskem.gmm import INIT_PARAMS, GaussianMixture
-    from daskem.kmeans import INIT_METHODS, KMeans
+    from daskem.models.gaussian_mixture import INIT_PARAMS, GaussianMixture
+    from daskem.models.kmeans import INIT_METHODS, KMeans
 
     assert set(INITS["gmm"]) == set(INIT_PARAMS) and set(INITS["kmeans"]) == set(INIT_METHODS)
     gmm, kmeans = GaussianMixture().get_params(), KMeans().get_params()
@@ -269,8 +271,8 @@ def test_examples_cover_every_kind_and_covariance_type():
 
 
 def test_lists_of_components_and_covariance_types_are_for_gmm_only():
-    from daskem.config import parse_config
     from daskem.errors import ConfigError
+    from daskem.pipeline.config_loading import parse_config
 
     base = {"data": {"path": "x.zarr"}, "output": {"path": "out"}}
     config = parse_config({**base, "model": {"kind": "gmm", "n_components": [2, 3], "covariance_type": ["full", "diag"]}})

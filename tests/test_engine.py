@@ -1,8 +1,8 @@
 """The distributed loop: graph shape, parameters placed once, real worker processes."""
 
 import logging
-import re
 import pickle
+import re
 
 import dask
 import dask.array as da
@@ -12,10 +12,16 @@ from distributed import Client, LocalCluster
 from sklearn.datasets import make_blobs
 
 import daskem
-from daskem.covariance import get_covariance_type
-from daskem.engine import SlabPayload, candidate_stats, map_reduce, reduction_graph, run_em
-from daskem.models import GaussianMixtureFamily, GMMParams, KMeansFamily, KMeansParams
-from daskem.stats import merge_candidates
+from daskem.engine.em import SlabPayload, candidate_stats, run_em
+from daskem.engine.reduction import map_reduce, reduction_graph
+from daskem.kernels.covariance import get_covariance_type
+from daskem.kernels.stats import merge_candidates
+from daskem.models.families import (
+    GaussianMixtureFamily,
+    GMMParams,
+    KMeansFamily,
+    KMeansParams,
+)
 
 
 @pytest.fixture(scope="module")

@@ -15,8 +15,8 @@ import pytest
 from distributed import Client, LocalCluster
 
 import daskem
-from daskem.datagen import make_data
-from daskem.io import open_array
+from daskem.data.stores import open_array
+from daskem.data.synthetic import make_data
 
 
 class KillWorkerDuringIteration(logging.Handler):

@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 import zarr
 
-from daskem.config import DataConfig
-from daskem.datagen import load_truth, make_data, make_mixture, sample_block
+from daskem.data.stores import open_array, open_data
+from daskem.data.synthetic import load_truth, make_data, make_mixture, sample_block
 from daskem.errors import DataError
-from daskem.io import open_array, open_data
+from daskem.pipeline.config import DataConfig
 
 
 def write(path, data, *, name="X", zarr_format=3, chunks=None, shards=None):
@@ -229,14 +229,14 @@ def test_blocks_depend_only_on_seed_and_block_index():
     (7, 8, 1, 7),
 ])
 def test_slabs_are_whole_store_chunks_up_to_the_target_size(store_rows, row_bytes, slab_bytes, expected):
-    from daskem.io import plan_slab_rows
+    from daskem.data.slabs import plan_slab_rows
 
     rows = plan_slab_rows(store_rows, row_bytes, slab_bytes)
     assert rows == expected and rows % store_rows == 0
 
 
 def test_slabs_for_a_cluster_fit_the_workers_memory_and_keep_every_thread_busy():
-    from daskem.io import slab_bytes_for_cluster
+    from daskem.data.slabs import slab_bytes_for_cluster
 
     MiB, GiB = 2**20, 2**30
     # plenty of data and memory: the target size

@@ -5,20 +5,21 @@ import pytest
 from scipy.special import logsumexp
 from sklearn.metrics import euclidean_distances, pairwise_distances_argmin_min
 from sklearn.mixture import GaussianMixture
-from sklearn.mixture._gaussian_mixture import _compute_precision_cholesky, _estimate_gaussian_parameters
+from sklearn.mixture._gaussian_mixture import (
+    _compute_precision_cholesky,
+    _estimate_gaussian_parameters,
+)
 
-from daskem.covariance import COVARIANCE_TYPES
-from daskem.kernels import (
+from daskem.kernels.covariance import COVARIANCE_TYPES
+from daskem.kernels.mixture import (
     estimate_log_resp,
     gmm_chunk_stats,
     gmm_predict,
     gmm_predict_proba,
     gmm_score_samples,
-    hard_chunk_stats,
-    kmeans_transform,
-    nearest_center,
 )
-from daskem.stats import SuffStats
+from daskem.kernels.nearest import hard_chunk_stats, kmeans_transform, nearest_center
+from daskem.kernels.stats import SuffStats
 
 N_SAMPLES, D, K = 200, 4, 3  # rows, features, components
 TOL = dict(rtol=1e-10, atol=1e-12)

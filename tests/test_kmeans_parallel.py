@@ -11,9 +11,13 @@ from distributed import Client, LocalCluster
 from sklearn import cluster
 
 import daskem
-from daskem import kmeans_parallel as kmeans_parallel_module
-from daskem.kmeans_parallel import ROUND_STREAM, first_center_rows, kmeans_parallel
-from daskem.rng import row_uniforms
+from daskem.kernels.draws import row_uniforms
+from daskem.models.initialization import kmeans_parallel as kmeans_parallel_module
+from daskem.models.initialization.kmeans_parallel import (
+    ROUND_STREAM,
+    first_center_rows,
+    kmeans_parallel,
+)
 
 K, D = 10, 5
 SIZES = (40, 60, 100, 150, 250, 400, 600, 800, 1000, 1600)

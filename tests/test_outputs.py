@@ -11,12 +11,18 @@ import pytest
 import zarr
 
 import daskem
-from daskem.config import PCAConfig, PreprocessConfig
 from daskem.errors import DaskemUserError, OutputError
-from daskem.gmm import GaussianMixture
-from daskem.kmeans import KMeans
-from daskem.outputs import StagedOutput, load_model, save_model, write_predictions
-from daskem.preprocess import Preprocessing, PreprocessedModel, fit_preprocessing
+from daskem.models.gaussian_mixture import GaussianMixture
+from daskem.models.kmeans import KMeans
+from daskem.models.preprocessing import (
+    PreprocessedModel,
+    Preprocessing,
+    fit_preprocessing,
+)
+from daskem.outputs.model_files import load_model, save_model
+from daskem.outputs.predictions import write_predictions
+from daskem.outputs.staging import StagedOutput
+from daskem.pipeline.config import PCAConfig, PreprocessConfig
 
 COVARIANCE_TYPES = ["full", "tied", "diag", "spherical"]
 

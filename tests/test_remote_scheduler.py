@@ -13,8 +13,8 @@ import pytest
 import zarr
 from conftest import cli_env, write_config
 
-from daskem.datagen import make_data
-from daskem.outputs import load_model
+from daskem.data.synthetic import make_data
+from daskem.outputs.model_files import load_model
 
 pytestmark = pytest.mark.cluster
 

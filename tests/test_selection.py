@@ -11,7 +11,7 @@ import zarr
 from zarr.storage import LocalStore, WrapperStore
 
 import daskem
-from daskem.selection import fit_candidates
+from daskem.models.selection import fit_candidates
 
 
 class CountingStore(WrapperStore):

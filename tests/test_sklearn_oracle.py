@@ -11,7 +11,7 @@ from sklearn.exceptions import ConvergenceWarning
 from sklearn.preprocessing import StandardScaler
 
 import daskem
-from daskem.covariance import COVARIANCE_TYPES
+from daskem.kernels.covariance import COVARIANCE_TYPES
 
 RTOL = 1e-8
 N_ITER = 15

@@ -6,11 +6,15 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from sklearn.mixture._gaussian_mixture import _compute_precision_cholesky, _estimate_gaussian_parameters
+from sklearn.mixture._gaussian_mixture import (
+    _compute_precision_cholesky,
+    _estimate_gaussian_parameters,
+)
 
-from daskem.covariance import COVARIANCE_TYPES
-from daskem.kernels import gmm_chunk_stats, hard_chunk_stats
-from daskem.stats import SuffStats, merge_all
+from daskem.kernels.covariance import COVARIANCE_TYPES
+from daskem.kernels.mixture import gmm_chunk_stats
+from daskem.kernels.nearest import hard_chunk_stats
+from daskem.kernels.stats import SuffStats, merge_all
 
 N_SAMPLES, D, K = 60, 3, 3  # rows, features, components
 RTOL = 1e-12

@@ -105,3 +105,16 @@ def unpack_symmetric(packed: np.ndarray, n_features: int) -> np.ndarray:
     matrices[:, rows, columns] = packed.T
     matrices[:, columns, rows] = packed.T
     return matrices
+
+
+def check_finite_block(block: np.ndarray, row_start: int) -> None:
+    """Raise a ValueError naming the first row holding NaN or infinity, and the fix."""
+    finite_rows = np.isfinite(block).all(axis=1)
+    if not finite_rows.all():
+        bad = np.flatnonzero(~finite_rows)
+        row_end = row_start + block.shape[0]
+        raise ValueError(
+            f"X has NaN or infinite values in {bad.size} row(s) of the chunk holding rows "
+            f"{row_start}-{row_end - 1}, first at row {row_start + bad[0]}: "
+            "drop or impute those rows before fitting"
+        )

@@ -41,9 +41,10 @@ import numpy as np
 from sklearn.cluster import KMeans as LocalKMeans
 from sklearn.cluster import kmeans_plusplus
 
-from daskem.engine import DEFAULT_FAN_IN, block_row_starts, check_finite_block, map_reduce
-from daskem.kernels import nearest_center
-from daskem.rng import row_uniforms
+from daskem.engine.reduction import DEFAULT_FAN_IN, block_row_starts, map_reduce
+from daskem.kernels.draws import row_uniforms
+from daskem.kernels.nearest import nearest_center
+from daskem.kernels.tiles import check_finite_block
 
 logger = logging.getLogger("daskem")
 

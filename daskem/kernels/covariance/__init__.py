@@ -4,10 +4,10 @@ Nothing outside this package branches on a type's name: code asks the registry f
 calls its methods (see ``CovarianceType``). Pure NumPy + SciPy, float64.
 """
 
-from daskem.covariance.base import CovarianceType
-from daskem.covariance.matrix import FullCovariance, TiedCovariance
-from daskem.covariance.rows import CentredRows
-from daskem.covariance.variance import DiagCovariance, SphericalCovariance
+from daskem.kernels.covariance.base import CovarianceType
+from daskem.kernels.covariance.matrix import FullCovariance, TiedCovariance
+from daskem.kernels.covariance.variance import DiagCovariance, SphericalCovariance
+from daskem.kernels.tiles import CentredRows
 
 COVARIANCE_TYPES: dict[str, CovarianceType] = {
     covariance.name: covariance

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from daskem.covariance.base import CovarianceType, first_index
+from daskem.kernels.covariance.base import CovarianceType, first_index
 
 
 class _VarianceCovariance(CovarianceType):

@@ -23,7 +23,7 @@ import fsspec
 import numpy as np
 import zarr
 
-from .errors import DataError
+from daskem.errors import DataError
 
 logger = logging.getLogger("daskem")
 

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from daskem.covariance.rows import CentredRows
+from daskem.kernels.tiles import CentredRows
 
 LOG_2PI = math.log(2.0 * math.pi)
 

@@ -11,14 +11,19 @@ from sklearn.exceptions import ConvergenceWarning
 from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted
 
-from daskem import kernels
-from daskem.base import SHARED_PARAMETER_CONSTRAINTS, apply_rows, new_run_id
-from daskem.covariance import get_covariance_type
-from daskem.engine import run_em
-from daskem.init import gmm_params_from_centers, gmm_params_from_random_responsibilities, initial_centers
-from daskem.models import GaussianMixtureFamily, GMMParams
-from daskem.rng import seeds_from
-from daskem.validation import as_row_blocks, check_shape, check_weights
+from daskem.data.checks import as_row_blocks, check_shape, check_weights
+from daskem.engine.em import run_em
+from daskem.engine.per_row import apply_rows
+from daskem.kernels import mixture
+from daskem.kernels.covariance import get_covariance_type
+from daskem.kernels.draws import seeds_from
+from daskem.models.families import GaussianMixtureFamily, GMMParams
+from daskem.models.initialization.seeding import (
+    gmm_params_from_centers,
+    gmm_params_from_random_responsibilities,
+    initial_centers,
+)
+from daskem.models.parameters import SHARED_PARAMETER_CONSTRAINTS, new_run_id
 
 INIT_PARAMS = ("kmeans", "k-means||", "k-means++", "random", "random_from_data")
 
@@ -29,7 +34,7 @@ class GaussianMixture(DensityMixin, BaseEstimator):
     Parameters mean what they mean in :class:`sklearn.mixture.GaussianMixture`, except:
 
     - ``init_params="kmeans"`` (default) fits k-means by Lloyd's algorithm on the data, seeded
-      by k-means|| (:mod:`daskem.kmeans_parallel`; scikit-learn seeds it by k-means++), then
+      by k-means|| (:mod:`daskem.models.initialization.kmeans_parallel`; scikit-learn seeds it by k-means++), then
       starts from the statistics of the rows nearest each centre;
     - ``init_params="k-means||"`` (not in scikit-learn) starts from the statistics of the rows
       nearest the k-means|| centres, without Lloyd's iterations;
@@ -234,14 +239,14 @@ class GaussianMixture(DensityMixin, BaseEstimator):
 
 def _predict_rows(rows, fitted):
     params, cov = fitted
-    return kernels.gmm_predict(rows, params.weights, params.means, params.precisions_cholesky, cov)
+    return mixture.gmm_predict(rows, params.weights, params.means, params.precisions_cholesky, cov)
 
 
 def _proba_rows(rows, fitted):
     params, cov = fitted
-    return kernels.gmm_predict_proba(rows, params.weights, params.means, params.precisions_cholesky, cov)
+    return mixture.gmm_predict_proba(rows, params.weights, params.means, params.precisions_cholesky, cov)
 
 
 def _log_density_rows(rows, fitted):
     params, cov = fitted
-    return kernels.gmm_score_samples(rows, params.weights, params.means, params.precisions_cholesky, cov)
+    return mixture.gmm_score_samples(rows, params.weights, params.means, params.precisions_cholesky, cov)

@@ -12,9 +12,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from daskem.covariance import CovarianceType
-from daskem.kernels import gmm_chunk_stats, hard_chunk_stats
-from daskem.stats import SuffStats
+from daskem.kernels.covariance.base import CovarianceType
+from daskem.kernels.mixture import gmm_chunk_stats
+from daskem.kernels.nearest import hard_chunk_stats
+from daskem.kernels.stats import SuffStats
 
 # scikit-learn adds this to every component's count so that empty components do not divide by 0.
 COUNT_EPSILON = 10 * np.finfo(np.float64).eps

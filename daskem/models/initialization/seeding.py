@@ -1,7 +1,7 @@
 """Initial parameters, computed from the data in a fixed number of passes.
 
 k-means|| (the default seeding of k-means, also for the k-means that starts a mixture) lives in
-:mod:`daskem.kmeans_parallel`; the samplers below serve "k-means++", "random" and
+:mod:`daskem.models.initialization.kmeans_parallel`; the samplers below serve "k-means++", "random" and
 "random_from_data".
 
 Rows are sampled by priority: each row gets a counter-based uniform draw keyed by (seed, global
@@ -20,12 +20,14 @@ import dask.array as da
 import numpy as np
 from sklearn.cluster import kmeans_plusplus
 
-from daskem.kernels import resp_chunk_stats
-from daskem.engine import check_finite_block, map_reduce, run_em
-from daskem.kmeans_parallel import kmeans_parallel_centers
-from daskem.models import KMeansFamily, KMeansParams
-from daskem.rng import row_uniforms
-from daskem.stats import SuffStats, merge_candidates
+from daskem.engine.em import run_em
+from daskem.engine.reduction import map_reduce
+from daskem.kernels.draws import row_uniforms
+from daskem.kernels.mixture import resp_chunk_stats
+from daskem.kernels.stats import SuffStats, merge_candidates
+from daskem.kernels.tiles import check_finite_block
+from daskem.models.families import KMeansFamily, KMeansParams
+from daskem.models.initialization.kmeans_parallel import kmeans_parallel_centers
 
 SAMPLE_STREAM = 1
 RANDOM_RESPONSIBILITY_STREAM = 2

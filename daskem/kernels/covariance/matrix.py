@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import scipy.linalg
 
-from daskem.covariance.base import CovarianceType
-from daskem.covariance.rows import pack_symmetric, unpack_symmetric
+from daskem.kernels.covariance.base import CovarianceType
+from daskem.kernels.tiles import pack_symmetric, unpack_symmetric
 
 
 class _MatrixCovariance(CovarianceType):

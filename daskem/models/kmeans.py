@@ -11,13 +11,14 @@ from sklearn.exceptions import ConvergenceWarning
 from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted
 
-from daskem import kernels
-from daskem.base import SHARED_PARAMETER_CONSTRAINTS, apply_rows, new_run_id
-from daskem.engine import run_em
-from daskem.init import kmeans_initial_centers
-from daskem.models import KMeansFamily, KMeansParams
-from daskem.rng import seeds_from
-from daskem.validation import as_row_blocks, check_shape
+from daskem.data.checks import as_row_blocks, check_shape
+from daskem.engine.em import run_em
+from daskem.engine.per_row import apply_rows
+from daskem.kernels import nearest
+from daskem.kernels.draws import seeds_from
+from daskem.models.families import KMeansFamily, KMeansParams
+from daskem.models.initialization.seeding import kmeans_initial_centers
+from daskem.models.parameters import SHARED_PARAMETER_CONSTRAINTS, new_run_id
 
 INIT_METHODS = ("k-means||", "k-means++", "random")
 
@@ -28,7 +29,7 @@ class KMeans(ClusterMixin, TransformerMixin, BaseEstimator):
     ``tol`` is the convergence threshold on the relative change of the inertia between two
     iterations (not scikit-learn's centre shift). ``init`` is one of:
 
-    - "k-means||" (default, Bahmani et al. 2012, see :mod:`daskem.kmeans_parallel`): a uniformly
+    - "k-means||" (default, Bahmani et al. 2012, see :mod:`daskem.models.initialization.kmeans_parallel`): a uniformly
       drawn first centre, then ``init_rounds`` rounds that each draw about
       ``oversampling_factor * n_clusters`` candidate rows with probability proportional to their
       squared distance to the candidates so far, then weighted k-means++ and Lloyd on the candidates
@@ -120,7 +121,7 @@ class KMeans(ClusterMixin, TransformerMixin, BaseEstimator):
 
     def transform(self, X):
         """Euclidean distance of each row to each centre."""
-        return self._apply(X, kernels.kmeans_transform, self.n_clusters, np.float64)
+        return self._apply(X, nearest.kmeans_transform, self.n_clusters, np.float64)
 
     def score(self, X, y=None) -> float:
         """Opposite of the inertia of ``X`` under the fitted centres (computed now)."""
@@ -129,8 +130,8 @@ class KMeans(ClusterMixin, TransformerMixin, BaseEstimator):
 
 
 def _nearest_rows(rows, centers):
-    return kernels.nearest_center(rows, centers)[0]
+    return nearest.nearest_center(rows, centers)[0]
 
 
 def _squared_distance_rows(rows, centers):
-    return kernels.nearest_center(rows, centers)[1]
+    return nearest.nearest_center(rows, centers)[1]

@@ -1,37 +1,15 @@
-"""What both estimators share: parameter rules, run ids, and applying a row kernel to NumPy or,
-lazily, to Dask input."""
+"""Per-row outputs of a fitted model: a row kernel applied to NumPy, or lazily to every slab of a Dask array."""
 
 from __future__ import annotations
 
-import uuid
-from numbers import Integral, Real
 from typing import Any, Callable
 
 import dask
 import dask.array as da
 import numpy as np
 from dask.base import tokenize
-from sklearn.utils._param_validation import Interval
 
-from daskem.validation import as_row_blocks, check_features
-
-
-# The parameter rules both estimators share: iterations, restarts, seeds and the engine's settings.
-SHARED_PARAMETER_CONSTRAINTS = {
-    "n_init": [Interval(Integral, 1, None, closed="left")],
-    "max_iter": [Interval(Integral, 1, None, closed="left")],
-    "tol": [Interval(Real, 0.0, None, closed="left")],
-    "random_state": ["random_state"],
-    "fan_in": [Interval(Integral, 2, None, closed="left")],
-    "init_sample_size": [Interval(Integral, 1, None, closed="left")],
-    "oversampling_factor": [Interval(Real, 0.0, None, closed="neither")],
-    "init_rounds": [Interval(Integral, 1, None, closed="left")],
-}
-
-
-def new_run_id(kind: str) -> str:
-    """A fresh prefix for the task keys of one fit, so keys are never reused with other contents."""
-    return f"daskem-{kind}-{uuid.uuid4().hex[:12]}"
+from daskem.data.checks import as_row_blocks, check_features
 
 
 def apply_rows(
@@ -58,3 +36,4 @@ def apply_rows(
     if columns is None:
         return blocks.map_blocks(kernel, params_node, drop_axis=1, dtype=dtype)
     return blocks.map_blocks(kernel, params_node, chunks=(blocks.chunks[0], (columns,)), dtype=dtype)
+

@@ -15,14 +15,14 @@ from typing import Sequence
 
 import numpy as np
 
-from daskem.base import new_run_id
-from daskem.covariance import get_covariance_type
-from daskem.engine import em_pass, run_em
-from daskem.gmm import GaussianMixture
-from daskem.init import gmm_params_from_centers
-from daskem.models import GaussianMixtureFamily
-from daskem.rng import seeds_from
-from daskem.validation import as_row_blocks
+from daskem.data.checks import as_row_blocks
+from daskem.engine.em import em_pass, run_em
+from daskem.kernels.covariance import get_covariance_type
+from daskem.kernels.draws import seeds_from
+from daskem.models.families import GaussianMixtureFamily
+from daskem.models.gaussian_mixture import GaussianMixture
+from daskem.models.initialization.seeding import gmm_params_from_centers
+from daskem.models.parameters import new_run_id
 
 logger = logging.getLogger("daskem")
 

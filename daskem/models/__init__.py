@@ -1,0 +1,1 @@
+"""The model stage: estimators, the M-step families they drive, initialization, selection, preprocessing."""

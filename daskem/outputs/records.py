@@ -1,0 +1,59 @@
+"""What every output records of its provenance: package versions, JSON written atomically."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+from importlib import metadata
+from numbers import Integral, Real
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+PACKAGES = ("daskem", "numpy", "scipy", "dask", "distributed", "zarr", "dask-ml", "scikit-learn", "pydantic")
+
+
+
+def package_versions() -> dict[str, str | None]:
+    """Versions of Python and of the packages a result depends on."""
+    out: dict[str, str | None] = {"python": platform.python_version()}
+    for name in PACKAGES:
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            out[name] = None
+    if out["daskem"] is None:  # running from a source tree
+        from daskem import __version__
+
+        out["daskem"] = __version__
+    return out
+
+
+
+def _jsonable(value: Any, key: str) -> Any:
+    """``value`` as JSON-ready Python (numbers, strings, lists, dicts), or a TypeError naming ``key``."""
+    if value is None or isinstance(value, (bool, str, np.bool_)):
+        return bool(value) if isinstance(value, np.bool_) else value
+    if isinstance(value, Integral):
+        return int(value)
+    if isinstance(value, Real):
+        return float(value)
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(item, key) for item in value]
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v, key) for k, v in value.items()}
+    raise TypeError(f"cannot save {key}={value!r} ({type(value).__name__}) as JSON")
+
+
+
+def write_json(path: str | os.PathLike, document: dict[str, Any]) -> None:
+    """Write ``document`` as indented JSON, through a temporary file renamed into place."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(document, indent=2, default=lambda v: _jsonable(v, path.name)) + "\n")
+    os.replace(tmp, path)
+

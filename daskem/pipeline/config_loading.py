@@ -1,0 +1,185 @@
+"""Reading a YAML config: --set overrides, ${ENV} expansion, validation errors as one line per key."""
+
+from __future__ import annotations
+
+import difflib
+import os
+import re
+import types
+import typing
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import (
+    BaseModel,
+    ValidationError,
+)
+
+from daskem.errors import ConfigError
+from daskem.pipeline.config import DaskemConfig
+
+_ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-(.*?))?\}")
+
+
+
+def load_config(path: str | os.PathLike, overrides: typing.Sequence[str] = ()) -> DaskemConfig:
+    """Read, override, expand and validate a YAML config file."""
+    source = str(path)
+    try:
+        text = Path(path).read_text()
+    except FileNotFoundError:
+        raise ConfigError(f"{source}: no such config file") from None
+    except OSError as exc:
+        raise ConfigError(f"{source}: cannot read the config file ({exc.strerror})") from None
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark is not None else ""
+        raise ConfigError(f"{source}:{where}: not valid YAML ({getattr(exc, 'problem', exc)})") from None
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{source}: the top level must be a mapping of sections (data, model, output, ...)")
+    return parse_config(raw, source=source, overrides=overrides)
+
+
+
+def parse_config(
+    raw: dict[str, Any], *, source: str = "<config>", overrides: typing.Sequence[str] = (), model=DaskemConfig
+):
+    """Validate a plain mapping (after ``--set`` overrides and ``${VAR}`` expansion) into ``model``."""
+    raw = {key: value for key, value in raw.items()}
+    for override in overrides:
+        raw = apply_override(raw, override)
+    raw = expand_env(raw)
+    try:
+        return model.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError(format_validation_error(exc, source, model)) from None
+
+
+
+def apply_override(raw: dict[str, Any], override: str) -> dict[str, Any]:
+    """Return a copy of ``raw`` with ``section.key=value`` set; the value is parsed as YAML."""
+    key, sep, text = override.partition("=")
+    parts = key.strip().split(".")
+    if not sep or not all(parts):
+        raise ConfigError(f"--set {override!r}: write it as section.key=value, e.g. model.n_components=12")
+    try:
+        value = yaml.safe_load(text) if text.strip() else None
+    except yaml.YAMLError:
+        value = text
+    out = dict(raw)
+    node = out
+    for i, part in enumerate(parts[:-1]):
+        child = node.get(part)
+        if child is None:
+            child = {}
+        elif not isinstance(child, dict):
+            where = ".".join(parts[: i + 1])
+            raise ConfigError(f"--set {override!r}: {where} is a value, not a section")
+        node[part] = dict(child)
+        node = node[part]
+    node[parts[-1]] = value
+    return out
+
+
+
+def expand_env(value: Any, where: str = "") -> Any:
+    """Replace ``${VAR}`` / ``${VAR:-default}`` in every string value, recursively."""
+    if isinstance(value, dict):
+        return {k: expand_env(v, f"{where}.{k}" if where else str(k)) for k, v in value.items()}
+    if isinstance(value, list):
+        return [expand_env(v, f"{where}[{i}]") for i, v in enumerate(value)]
+    if not isinstance(value, str) or "${" not in value:
+        return value
+
+    def substitute(match: re.Match) -> str:
+        name, default = match.group(1), match.group(2)
+        if name in os.environ:
+            return os.environ[name]
+        if default is not None:
+            return default
+        raise ConfigError(
+            f"{where}: environment variable {name} is not set; export it or write ${{{name}:-default}}"
+        )
+
+    expanded = _ENV.sub(substitute, value)
+    if expanded != value and _ENV.fullmatch(value):
+        # a whole value from the environment is parsed like YAML, so ${N} can be a number
+        try:
+            parsed = yaml.safe_load(expanded)
+        except yaml.YAMLError:
+            return expanded
+        return parsed if isinstance(parsed, (int, float, bool)) else expanded
+    return expanded
+
+
+
+def format_validation_error(exc: ValidationError, source: str, model=DaskemConfig) -> str:
+    """One line per problem (joined by '; '), naming the dotted key and the fix.
+
+    A value that matches none of a union's forms (an int or a list of ints, say) gives one line
+    listing the forms, not one line per form.
+    """
+    problems: dict[str, tuple[list[str], str]] = {}  # key -> (what was wrong, what was given)
+    for error in exc.errors():
+        loc = [str(part) for part in error["loc"] if not _is_union_tag(part)]
+        key = ".".join(loc)
+        kind = error["type"]
+        message = error["msg"].removeprefix("Value error, ")
+        got = "" if kind.startswith("value_error") else f" (got {error.get('input')!r})"
+        if kind == "extra_forbidden":
+            valid = _field_names(model, loc[:-1])
+            close = difflib.get_close_matches(loc[-1], valid, n=1, cutoff=0.5)
+            prefix = ".".join(loc[:-1] + [""])
+            hint = f"did you mean '{prefix}{close[0]}'?" if close else f"valid keys: {', '.join(valid)}"
+            problems[f"unknown key '{key}'"] = ([hint], "")
+        elif kind == "missing":
+            problems[key] = (["required key is missing; add it"], "")
+        else:
+            messages, _ = problems.setdefault(key, ([], got))
+            messages.append(message)
+    lines = []
+    for key, (messages, got) in problems.items():
+        if len(messages) > 1:
+            text = "should be " + " or ".join(m.removeprefix("Input should be ") for m in messages)
+        else:
+            text = messages[0]
+        separator = "; " if key.startswith("unknown key") else ": "
+        lines.append(f"{key}{separator}{text}{got}" if key else f"{text}{got}")
+    return f"{source}: " + "; ".join(lines)
+
+
+
+def _is_union_tag(part: Any) -> bool:
+    """pydantic names the branch of a union in an error's location (``constrained-int``,
+    ``list[constrained-int]``, ``literal['full','tied']``); config keys never look like that."""
+    return isinstance(part, str) and any(mark in part for mark in "[-'")
+
+
+
+def _field_names(model: type[BaseModel], loc: list[str]) -> list[str]:
+    """Valid keys of the section at ``loc`` (a path through nested config models)."""
+    for part in loc:
+        field = model.model_fields.get(part)
+        sub = _model_of(field.annotation) if field is not None else None
+        if sub is None:
+            return []
+        model = sub
+    return list(model.model_fields)
+
+
+
+def _model_of(annotation: Any) -> type[BaseModel] | None:
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        for arg in typing.get_args(annotation):
+            found = _model_of(arg)
+            if found is not None:
+                return found
+    return None
+
