@@ -16,6 +16,7 @@ from sklearn.mixture._gaussian_mixture import (
 
 from daskem.kernels.covariance import COVARIANCE_TYPES, get_covariance_type
 from daskem.kernels.mixture import estimate_log_resp, gmm_chunk_stats
+from daskem.kernels.params import GMMParams
 from daskem.kernels.stats import merge_all
 
 N_SAMPLES, D, K = 150, 3, 3  # rows, features, components
@@ -295,12 +296,12 @@ def test_chunked_m_step_on_offset_float32_data_matches_a_float64_two_pass_refere
     weights, means, prec_chol = np.full(n_components, 0.5), centres + 0.5, cov.precision_cholesky(start)
     bounds = [0, 0, 1, 5000, 5000, 12345, 20000]
     chunks = [X32[a:b] for a, b in zip(bounds, bounds[1:])]
-    stats = merge_all(gmm_chunk_stats(chunk, weights, means, prec_chol, cov) for chunk in chunks)
+    stats = merge_all(gmm_chunk_stats(chunk, GMMParams(weights, means, start, prec_chol), cov) for chunk in chunks)
     nk = stats.nk + 10 * np.finfo(np.float64).eps
     covariances = cov.covariances_from_stats(nk, stats.s1 / nk[:, None], stats.s2, reg_covar=0.0)
 
     X64 = X32.astype(np.float64)
-    resp = np.exp(estimate_log_resp(X64, weights, means, prec_chol, cov)[1])
+    resp = np.exp(estimate_log_resp(X64, GMMParams(weights, means, start, prec_chol), cov)[1])
     reference = naive_covariances(cov, X64, resp, reg_covar=0.0)
     assert np.all(np.linalg.eigvalsh(cov.as_full(covariances, n_components, 3)) > 0)
     np.testing.assert_allclose(covariances, reference, rtol=1e-6, atol=1e-6 * np.abs(reference).max())

@@ -11,14 +11,9 @@ from sklearn.mixture._gaussian_mixture import (
 )
 
 from daskem.kernels.covariance import COVARIANCE_TYPES
-from daskem.kernels.mixture import (
-    estimate_log_resp,
-    gmm_chunk_stats,
-    gmm_predict,
-    gmm_predict_proba,
-    gmm_score_samples,
-)
+from daskem.kernels.mixture import estimate_log_resp, gmm_chunk_stats, row_outputs
 from daskem.kernels.nearest import hard_chunk_stats, kmeans_transform, nearest_center
+from daskem.kernels.params import GMMParams
 from daskem.kernels.stats import SuffStats
 
 N_SAMPLES, D, K = 200, 4, 3  # rows, features, components
@@ -47,23 +42,36 @@ def fitted_sklearn_model(cov, X):
 
 
 def parameters(model):
-    return model.weights_, model.means_, model.precisions_cholesky_
+    return GMMParams(model.weights_, model.means_, model.covariances_, model.precisions_cholesky_)
+
+
+def gmm_predict(X, params, cov):
+    return row_outputs(X, params, cov, ["labels"])["labels"]
+
+
+def gmm_predict_proba(X, params, cov):
+    return row_outputs(X, params, cov, ["responsibilities"])["responsibilities"]
+
+
+def gmm_score_samples(X, params, cov):
+    return row_outputs(X, params, cov, ["log_density"])["log_density"]
 
 
 @COVARIANCES
 def test_estimate_log_resp_matches_scikit_learn(cov, X):
     model = fitted_sklearn_model(cov, X)
     expected_norm, expected_resp = model._estimate_log_prob_resp(X)
-    log_norm, log_resp = estimate_log_resp(X, *parameters(model), cov)
+    log_norm, log_resp = estimate_log_resp(X, parameters(model), cov)
     np.testing.assert_allclose(log_norm, expected_norm, **TOL)
     np.testing.assert_allclose(log_resp, expected_resp, **TOL)
 
 
 @COVARIANCES
 def test_a_component_with_zero_weight_gets_zero_responsibility(cov, X):
-    weights, means, precisions_cholesky = parameters(fitted_sklearn_model(cov, X))
+    params = parameters(fitted_sklearn_model(cov, X))
+    weights, means, precisions_cholesky = params.weights, params.means, params.precisions_cholesky
     weights = np.array([0.0, weights[1], 1.0 - weights[1]])
-    log_norm, log_resp = estimate_log_resp(X, weights, means, precisions_cholesky, cov)
+    log_norm, log_resp = estimate_log_resp(X, GMMParams(weights, means, None, precisions_cholesky), cov)
     with np.errstate(divide="ignore"):
         weighted = cov.log_prob(X, means, precisions_cholesky) + np.log(weights)
     np.testing.assert_allclose(log_norm, logsumexp(weighted, axis=1), **TOL)
@@ -74,16 +82,36 @@ def test_a_component_with_zero_weight_gets_zero_responsibility(cov, X):
 @COVARIANCES
 def test_gmm_predictions_match_scikit_learn(cov, X):
     model = fitted_sklearn_model(cov, X)
-    np.testing.assert_array_equal(gmm_predict(X, *parameters(model), cov), model.predict(X))
-    np.testing.assert_allclose(gmm_predict_proba(X, *parameters(model), cov), model.predict_proba(X), **TOL)
-    np.testing.assert_allclose(gmm_score_samples(X, *parameters(model), cov), model.score_samples(X), **TOL)
+    np.testing.assert_array_equal(gmm_predict(X, parameters(model), cov), model.predict(X))
+    np.testing.assert_allclose(gmm_predict_proba(X, parameters(model), cov), model.predict_proba(X), **TOL)
+    np.testing.assert_allclose(gmm_score_samples(X, parameters(model), cov), model.score_samples(X), **TOL)
+
+
+@COVARIANCES
+def test_all_per_row_outputs_come_from_one_e_step_per_tile_and_equal_each_alone(cov, X, monkeypatch):
+    from daskem.kernels import mixture
+    from daskem.kernels.tiles import TILE_ROWS
+
+    params = parameters(fitted_sklearn_model(cov, X))
+    alone = {name: row_outputs(X, params, cov, [name])[name] for name in mixture.ROW_OUTPUTS}
+    calls = []
+    original = mixture.PreparedMixture.weighted_log_prob
+    monkeypatch.setattr(mixture.PreparedMixture, "weighted_log_prob",
+                        lambda self, rows: calls.append(rows.n_rows) or original(self, rows))
+    together = row_outputs(X, params, cov, ["log_density", "responsibilities"])
+    assert len(calls) == -(-len(X) // TILE_ROWS)  # one E-step per tile for both outputs
+    for name in ("log_density", "responsibilities"):
+        np.testing.assert_array_equal(together[name], alone[name])
+    labels_and_rest = row_outputs(X, params, cov, mixture.ROW_OUTPUTS)
+    for name in mixture.ROW_OUTPUTS:
+        np.testing.assert_array_equal(labels_and_rest[name], alone[name])
 
 
 @COVARIANCES
 def test_gmm_chunk_stats_are_shifted_sums_of_scikit_learn_responsibilities(cov, X):
     model = fitted_sklearn_model(cov, X)
     resp = model.predict_proba(X)
-    stats = gmm_chunk_stats(X, *parameters(model), cov)
+    stats = gmm_chunk_stats(X, parameters(model), cov)
     assert stats.n_samples == N_SAMPLES
     np.testing.assert_allclose(stats.objective, model.score_samples(X).sum(), **TOL)
     np.testing.assert_allclose(stats.nk, resp.sum(axis=0), **TOL)
@@ -96,8 +124,8 @@ def test_gmm_chunk_stats_are_shifted_sums_of_scikit_learn_responsibilities(cov, 
 def test_gmm_chunk_stats_of_float32_rows_equal_those_of_the_same_values_in_float64(cov, X):
     model = fitted_sklearn_model(cov, X)
     X32 = X.astype(np.float32)
-    from32 = gmm_chunk_stats(X32, *parameters(model), cov)
-    from64 = gmm_chunk_stats(X32.astype(np.float64), *parameters(model), cov)
+    from32 = gmm_chunk_stats(X32, parameters(model), cov)
+    from64 = gmm_chunk_stats(X32.astype(np.float64), parameters(model), cov)
     for field in ("nk", "s1", "s2", "objective"):
         np.testing.assert_array_equal(getattr(from32, field), getattr(from64, field))
 
@@ -162,16 +190,16 @@ def test_every_kernel_accepts_an_empty_slab(cov, dtype, X):
     model = fitted_sklearn_model(cov, X)
     empty = np.empty((0, D), dtype=dtype)
     centers = model.means_
-    log_norm, log_resp = estimate_log_resp(empty, *parameters(model), cov)
+    log_norm, log_resp = estimate_log_resp(empty, parameters(model), cov)
     assert log_norm.shape == (0,) and log_resp.shape == (0, K)
-    assert gmm_predict(empty, *parameters(model), cov).shape == (0,)
-    assert gmm_predict_proba(empty, *parameters(model), cov).shape == (0, K)
-    assert gmm_score_samples(empty, *parameters(model), cov).shape == (0,)
+    assert gmm_predict(empty, parameters(model), cov).shape == (0,)
+    assert gmm_predict_proba(empty, parameters(model), cov).shape == (0, K)
+    assert gmm_score_samples(empty, parameters(model), cov).shape == (0,)
     assert kmeans_transform(empty, centers).shape == (0, K)
     labels, squared_distances = nearest_center(empty, centers)
     assert labels.shape == squared_distances.shape == (0,) and labels.dtype == np.int64
     zeros = SuffStats.zeros(K, D, cov.s2_shape(K, D))
-    assert_stats_equal(gmm_chunk_stats(empty, *parameters(model), cov), zeros)
+    assert_stats_equal(gmm_chunk_stats(empty, parameters(model), cov), zeros)
     assert_stats_equal(hard_chunk_stats(empty, centers, cov), zeros)
     assert_stats_equal(hard_chunk_stats(empty, centers), SuffStats.zeros(K, D))
 

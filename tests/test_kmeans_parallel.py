@@ -11,8 +11,8 @@ from distributed import Client, LocalCluster
 from sklearn import cluster
 
 import daskem
+from daskem.kernels import tiles as tiles_module
 from daskem.kernels.draws import row_uniforms
-from daskem.models.initialization import kmeans_parallel as kmeans_parallel_module
 from daskem.models.initialization.kmeans_parallel import (
     ROUND_STREAM,
     first_center_rows,
@@ -74,8 +74,8 @@ def naive_kmeans_parallel_candidates(X, seed, n_clusters, oversampling_factor, n
 @pytest.mark.parametrize("chunks,fan_in,piece_elements", [((3000, -1), 8, None), ((37, -1), 2, None),
                                                           ((97, -1), 3, None), ((1000, -1), 4, 300)])
 def test_tree_pruned_draws_equal_the_textbook_draws_over_the_whole_array(chunks, fan_in, piece_elements, monkeypatch):
-    if piece_elements:  # blocks cut into pieces of a few rows, each pruned on its own
-        monkeypatch.setattr(kmeans_parallel_module, "DISTANCE_ELEMENTS", piece_elements)
+    if piece_elements:  # slabs cut into tiles of a few rows, each pruned on its own
+        monkeypatch.setattr(tiles_module, "TILE_ELEMENTS", piece_elements)
     X = BLOBS[:3000]
     (result,) = run(X, [5], chunks=chunks, fan_in=fan_in, n_rounds=3, oversampling_factor=1.5)
     candidates, weights = naive_kmeans_parallel_candidates(X, 5, K, 1.5, 3)

@@ -14,6 +14,7 @@ from sklearn.mixture._gaussian_mixture import (
 from daskem.kernels.covariance import COVARIANCE_TYPES
 from daskem.kernels.mixture import gmm_chunk_stats
 from daskem.kernels.nearest import hard_chunk_stats
+from daskem.kernels.params import GMMParams
 from daskem.kernels.stats import SuffStats, merge_all
 
 N_SAMPLES, D, K = 60, 3, 3  # rows, features, components
@@ -51,7 +52,7 @@ def kernels(cov):
     """The two chunk kernels as functions of a slab, with fixed parameters."""
     weights, means, precisions_cholesky = gmm_parameters(cov.name)
     return {
-        "gmm": lambda slab: gmm_chunk_stats(slab, weights, means, precisions_cholesky, cov),
+        "gmm": lambda slab: gmm_chunk_stats(slab, GMMParams(weights, means, None, precisions_cholesky), cov),
         "hard": lambda slab: hard_chunk_stats(slab, means, cov),
         "hard_without_s2": lambda slab: hard_chunk_stats(slab, means),
     }

@@ -1,12 +1,9 @@
-"""The distributed loop: one task per row block, a tree reduction, one compute per pass.
+"""The EM loop: several candidate models advanced by the same passes over the data.
 
-Every pass over the data goes through :func:`map_reduce`: the payload (model parameters) is put
-into the graph once under its own key, each block gets one task ``kernel(block, row_start,
-payload)``, partial results are merged in a tree of bounded fan-in, and only the root comes back
-to the client. Keys carry the run id and the pass name, so no key is ever reused with other
-contents, and every task is a pure function of its inputs, so a task recomputed after a lost
-worker gives the same bits. The loop in :func:`run_em` advances several candidate models in the
-same pass: each block is read once per iteration whatever the number of candidates.
+Each iteration is one :func:`~daskem.engine.reduction.map_reduce` pass: every slab is read once
+and each candidate's statistics computed in turn, so memory holds one candidate's temporaries at
+a time; the client then applies each candidate's M-step. The loop knows nothing of mixtures or
+k-means: it drives any object that follows the ``Family`` protocol.
 """
 
 from __future__ import annotations
@@ -14,7 +11,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any, Protocol, Sequence
 
 import dask.array as da
 import numpy as np
@@ -26,29 +23,46 @@ from daskem.kernels.tiles import check_finite_block
 logger = logging.getLogger("daskem")
 
 
+class Family(Protocol):
+    """What the EM loop needs of a model: statistics of a slab on a worker, the M-step on the client.
 
+    Implementations are small frozen (picklable) objects; ``chunk_stats`` must be a pure function of
+    its inputs, so that a task recomputed after a lost worker gives the same bits.
+    """
 
+    # True when the objective reported for a fit must be that of the parameters returned (k-means'
+    # inertia): on convergence the loop keeps the parameters just scored instead of updating them,
+    # and after max_iter it scores the final parameters in one more pass. False for scikit-learn's
+    # ``lower_bound_``: the objective of the last E-step, before the final M-step.
+    reports_objective_of_returned_params: bool
 
+    def chunk_stats(self, X: np.ndarray, params: Any) -> SuffStats:
+        """Sufficient statistics of one slab under ``params`` (runs on a worker)."""
 
+    def update(self, stats: SuffStats, params: Any) -> Any:
+        """The M-step: new parameters from the statistics of an E-step at ``params``."""
 
+    def objective(self, stats: SuffStats) -> float:
+        """The objective of the whole data from its total statistics."""
 
-
+    def has_converged(self, previous: float, current: float, tol: float) -> bool:
+        """Whether the objective moved from ``previous`` to ``current`` by less than ``tol`` (by its rule)."""
 
 
 @dataclass(frozen=True)
 class SlabPayload:
     """What every E-step task needs: the candidate models and whether to check the rows."""
 
-    families: tuple
+    families: tuple[Family, ...]
     params: tuple
     check_finite: bool = False
 
 
-def candidate_stats(block: np.ndarray, row_start: int, payload: SlabPayload) -> tuple[SuffStats, ...]:
+def candidate_stats(slab: np.ndarray, row_start: int, payload: SlabPayload) -> tuple[SuffStats, ...]:
     """The E-step task: one slab read, then each candidate in turn, so memory holds one at a time."""
     if payload.check_finite:
-        check_finite_block(block, row_start)
-    return tuple(family.chunk_stats(block, params) for family, params in zip(payload.families, payload.params))
+        check_finite_block(slab, row_start)
+    return tuple(family.chunk_stats(slab, params) for family, params in zip(payload.families, payload.params))
 
 
 @dataclass
@@ -65,7 +79,7 @@ class EMResult:
 
 def run_em(
     X: da.Array,
-    families: Sequence,
+    families: Sequence[Family],
     initial_params: Sequence,
     *,
     max_iter: int,
@@ -96,7 +110,7 @@ def run_em(
             result.objective = objective
             change = np.nan if previous is None else objective - previous
             result.converged = previous is not None and family.has_converged(previous, objective, tol)
-            if not (result.converged and family.scores_returned_params):
+            if not (result.converged and family.reports_objective_of_returned_params):
                 result.params = family.update(stats, result.params)
                 result.n_iter = iteration
             logger.info("%s iteration %d: objective %.10g, change %+.3e, %.2f s",
@@ -106,7 +120,7 @@ def run_em(
                 logger.info("%s converged after %d iterations", labels[index], result.n_iter)
         if not active:
             break
-    unscored = [i for i in active if families[i].scores_returned_params]
+    unscored = [i for i in active if families[i].reports_objective_of_returned_params]
     if unscored:
         final_stats = em_pass(X, families, results, unscored, name=f"{run_id}-final", fan_in=fan_in)
         for index, stats in zip(unscored, final_stats):

@@ -1,7 +1,16 @@
-"""Map-reduce over the slabs of a Dask array: one task per slab, a tree of bounded fan-in, one compute."""
+"""Map-reduce over the slabs of a Dask array: one task per slab, a tree of bounded fan-in, one compute.
+
+Every pass over the data goes through :func:`map_reduce`: the payload (model parameters) is put
+into the graph once under its own key, each slab (one Dask block of whole rows) gets one task
+``kernel(slab, row_start, payload)``, partial results are merged in a tree of bounded fan-in, and
+only the root comes back to the client. Keys carry the run id and the pass name, so no key is ever
+reused with other contents, and every task is a pure function of its inputs, so a task recomputed
+after a lost worker gives the same bits.
+"""
 
 from __future__ import annotations
 
+import uuid
 from itertools import accumulate
 from typing import Any, Callable
 
@@ -13,11 +22,14 @@ from dask.delayed import Delayed
 DEFAULT_FAN_IN = 8
 
 
+def new_run_id(kind: str) -> str:
+    """A fresh prefix for the task keys of one fit, so keys are never reused with other contents."""
+    return f"daskem-{kind}-{uuid.uuid4().hex[:12]}"
 
-def block_row_starts(X: da.Array) -> list[int]:
-    """Global index of the first row of each row block."""
+
+def slab_row_starts(X: da.Array) -> list[int]:
+    """Global index of the first row of each slab."""
     return [0, *accumulate(X.chunks[0])][:-1]
-
 
 
 def reduction_graph(
@@ -29,7 +41,7 @@ def reduction_graph(
     combine: Callable[[list], Any],
     fan_in: int = DEFAULT_FAN_IN,
 ) -> Delayed:
-    """The lazy tree ``combine(... kernel(block, row_start, payload) ...)`` over the row blocks of ``X``.
+    """The lazy tree ``combine(... kernel(slab, row_start, payload) ...)`` over the slabs of ``X``.
 
     ``payload`` appears once in the graph (key ``{name}-payload``) and every task refers to it by
     key; ``combine`` merges a list of at most ``fan_in`` partial results.
@@ -38,21 +50,20 @@ def reduction_graph(
         raise ValueError(f"fan_in must be at least 2 to reduce in a tree, got {fan_in}")
     payload_node = dask.delayed(payload, name=f"{name}-payload", traverse=False)
     apply_kernel = dask.delayed(kernel, pure=True)
-    blocks = X.to_delayed(optimize_graph=False).ravel()
+    slabs = X.to_delayed(optimize_graph=False).ravel()
     level = [
-        apply_kernel(block, row_start, payload_node, dask_key_name=(f"{name}-map", index))
-        for index, (block, row_start) in enumerate(zip(blocks, block_row_starts(X)))
+        apply_kernel(slab, row_start, payload_node, dask_key_name=(f"{name}-map", index))
+        for index, (slab, row_start) in enumerate(zip(slabs, slab_row_starts(X)))
     ]
     merge = dask.delayed(combine, pure=True)
     depth = 0
-    while len(level) > 1 or depth == 0:  # a single block still passes through combine once
+    while len(level) > 1 or depth == 0:  # a single slab still passes through combine once
         level = [
             merge(level[start : start + fan_in], dask_key_name=(f"{name}-reduce{depth}", start // fan_in))
             for start in range(0, len(level), fan_in)
         ]
         depth += 1
     return level[0]
-
 
 
 def map_reduce(X: da.Array, kernel, payload, *, name: str, combine, fan_in: int = DEFAULT_FAN_IN) -> Any:

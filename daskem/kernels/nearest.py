@@ -1,78 +1,116 @@
-"""k-means kernels: nearest centres, hard-assignment statistics, distances; pure NumPy."""
+"""k-means kernels: nearest centres, hard-assignment statistics and distances, tile by tile.
+
+One path serves every caller (Lloyd's statistics, k-means|| draws and weights, ``predict``,
+``transform``, ``score``): rows and centres are centred at the mean of the centres, the distances of
+a tile to every centre come from one GEMM, and the nearest centre is their argmin (lowest index on
+ties). Pure NumPy; every function accepts an empty slab.
+"""
 
 from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterator
 
 import numpy as np
 
 from daskem.kernels.covariance.base import CovarianceType
-from daskem.kernels.mixture import _row_blocks, _weighted_stats
+from daskem.kernels.mixture import weighted_stats
 from daskem.kernels.stats import SuffStats
+from daskem.kernels.tiles import CentredRows, tile_rows, tiles
+
+
+@dataclass(frozen=True)
+class PreparedCenters:
+    """Centres prepared once per slab: the reference, the centred centres, ``-2 C^T`` and ``||c_k||^2``."""
+
+    reference: np.ndarray
+    centred: np.ndarray
+    minus_twice_transposed: np.ndarray
+    norms: np.ndarray
+
+    @classmethod
+    def of(cls, centers: np.ndarray) -> "PreparedCenters":
+        centers = np.asarray(centers, dtype=np.float64)
+        reference = centers.mean(axis=0)
+        centred = centers - reference
+        return cls(reference, centred, -2.0 * centred.T, np.einsum("kd,kd->k", centred, centred))
+
+    def partial_distances(self, rows: CentredRows) -> np.ndarray:
+        """(n, K) ``||c_k||^2 - 2 y.c_k``: the squared distances minus ``||y||^2``, in a work buffer."""
+        distances = np.matmul(rows.values, self.minus_twice_transposed,
+                              out=rows.take("distances", (rows.n_rows, len(self.norms))))
+        distances += self.norms
+        return distances
+
+    def tiles(self, X: np.ndarray) -> Iterator[tuple[int, CentredRows, np.ndarray, np.ndarray]]:
+        """``(offset, rows, labels, partial distances)`` per tile of the slab."""
+        for offset, rows in tiles(X, self.reference, tile_rows(len(self.norms))):
+            distances = self.partial_distances(rows)
+            yield offset, rows, distances.argmin(axis=1), distances
+
+
+def nearest_tiles(X: np.ndarray, centers: np.ndarray) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
+    """``(offset, labels, squared distances)`` per tile: each row's nearest centre and its exact squared
+    distance (from the difference ``x_i - c_label``, not the GEMM, so it is exact on offset data)."""
+    prepared = PreparedCenters.of(centers)
+    for offset, rows, labels, _ in prepared.tiles(X):
+        differences = rows.values - prepared.centred[labels]
+        yield offset, labels.astype(np.int64), np.einsum("nd,nd->n", differences, differences)
 
 
 def nearest_center(X: np.ndarray, centers: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(n,) int64 index of each row's nearest centre (lowest on ties) and its exact squared distance."""
-    labels, differences = _assign(X, centers)
-    return labels, np.einsum("nd,nd->n", differences, differences)
-
+    labels, squared = np.empty(X.shape[0], dtype=np.int64), np.empty(X.shape[0])
+    for offset, tile_labels, tile_squared in nearest_tiles(X, centers):
+        labels[offset : offset + len(tile_labels)] = tile_labels
+        squared[offset : offset + len(tile_labels)] = tile_squared
+    return labels, squared
 
 
 def hard_chunk_stats(X: np.ndarray, centers: np.ndarray, cov: CovarianceType | None = None) -> SuffStats:
     """k-means statistics of one slab: one-hot nearest-centre responsibilities, shifted by ``centers``.
 
     The objective is the inertia; ``s2`` is filled only when ``cov`` is given (to start a GMM from
-    k-means labels). Distances come from one GEMM per block on rows centred at the mean of the
-    centres, and the counts and sums from one product with the one-hot assignments.
+    k-means labels). Counts and sums come from one product with the one-hot assignments.
     """
-    centers = np.asarray(centers, dtype=np.float64)
-    n_components, n_features = centers.shape
-    reference = centers.mean(axis=0)
-    centred_centers = centers - reference
-    scaled_centers = -2.0 * centred_centers.T
-    center_norms = np.einsum("kd,kd->k", centred_centers, centred_centers)
+    prepared = PreparedCenters.of(centers)
+    n_components, n_features = prepared.centred.shape
     components = np.arange(n_components)
     total = SuffStats.zeros(n_components, n_features, None if cov is None else cov.s2_shape(n_components, n_features))
-    for rows in _row_blocks(X, reference):
-        distances = np.matmul(rows.values, scaled_centers, out=rows.take("distances", (rows.n_rows, n_components)))
-        distances += center_norms
-        labels = distances.argmin(axis=1)
+    for _, rows, labels, distances in prepared.tiles(X):
         nearest = distances[np.arange(rows.n_rows), labels] + rows.norms
         one_hot = rows.take("one_hot", (rows.n_rows, n_components))
         np.equal(labels[:, None], components, out=one_hot, casting="unsafe")
         inertia = float(np.maximum(nearest, 0.0).sum())
-        total = total + _weighted_stats(rows, one_hot, centred_centers, inertia, cov)
+        total = total + weighted_stats(rows, one_hot, prepared.centred, inertia, cov)
     return total
-
 
 
 def kmeans_transform(X: np.ndarray, centers: np.ndarray) -> np.ndarray:
     """(n, K) Euclidean distance from each row to each centre."""
-    return np.sqrt(_squared_distances(*_centred(X, centers)))
+    prepared = PreparedCenters.of(centers)
+    out = np.empty((X.shape[0], len(prepared.norms)))
+    for offset, rows, _, distances in prepared.tiles(X):
+        distances += rows.norms[:, None]
+        np.sqrt(np.maximum(distances, 0.0, out=distances), out=out[offset : offset + rows.n_rows])
+    return out
 
 
-
-def _centred(X: np.ndarray, centers: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Rows and centres in float64, both minus the mean of the centres (keeps offset data accurate)."""
-    centers = np.asarray(centers, dtype=np.float64)
-    reference = centers.mean(axis=0)
-    return np.asarray(X, dtype=np.float64) - reference, centers - reference
+# The per-row outputs ``row_outputs`` can compute, all from one distance GEMM per tile.
+ROW_OUTPUTS = ("labels", "squared_distance", "distances")
 
 
-
-def _squared_distances(centred_X: np.ndarray, centred_centers: np.ndarray) -> np.ndarray:
-    """(n, K) squared Euclidean distances by one GEMM, clipped at 0 against rounding."""
-    distances = (
-        np.einsum("nd,nd->n", centred_X, centred_X)[:, None]
-        - 2.0 * (centred_X @ centred_centers.T)
-        + np.einsum("kd,kd->k", centred_centers, centred_centers)
-    )
-    return np.maximum(distances, 0.0)
-
-
-
-def _assign(X: np.ndarray, centers: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Nearest-centre labels (argmin keeps the lowest index on ties) and exact differences x_i - c_label."""
-    X = np.asarray(X, dtype=np.float64)
-    centers = np.asarray(centers, dtype=np.float64)
-    labels = np.argmin(_squared_distances(*_centred(X, centers)), axis=1).astype(np.int64)
-    return labels, X - centers[labels]
-
+def row_outputs(X: np.ndarray, centers: np.ndarray, names) -> dict[str, np.ndarray]:
+    """The per-row outputs ``names`` of one slab: ``labels`` (n,) nearest centre, ``squared_distance``
+    (n,) exact squared distance to it, ``distances`` (n, K) Euclidean distance to every centre."""
+    names = tuple(names)
+    unknown = set(names) - set(ROW_OUTPUTS)
+    if unknown:
+        raise ValueError(f"unknown per-row outputs {sorted(unknown)}; known: {', '.join(ROW_OUTPUTS)}")
+    out = {}
+    if "labels" in names or "squared_distance" in names:
+        labels, squared = nearest_center(X, centers)
+        out.update(labels=labels, squared_distance=squared)
+    if "distances" in names:
+        out["distances"] = kmeans_transform(X, centers)
+    return {name: out[name] for name in names}

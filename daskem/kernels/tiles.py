@@ -1,16 +1,25 @@
-"""A block of rows centred at a common reference, with the products the kernels reuse.
+"""Tiles: the pieces of ``TILE_ROWS`` rows a kernel cuts its slab into, centred at a common reference.
 
-The E-step and the statistics of one block need the same products of the rows (squares, packed
+The E-step and the statistics of one tile need the same products of the rows (squares, packed
 outer products); they are computed once, on first use. Centring every row at one reference (the
 mean of the current means) removes a large common offset before any product, so float32 data far
-from the origin loses nothing, and every product is a BLAS-3 call over the whole block.
+from the origin loses nothing, and every product is a BLAS-3 call over the whole tile. A slab is
+what one Dask task reads; a tile is the piece of it that one kernel step holds in cache.
 """
 
 from __future__ import annotations
 
 from functools import cached_property
+from typing import Iterator
 
 import numpy as np
+
+# Rows per tile: the packed outer products of a tile (D(D+1)/2 x rows floats) stay in cache-sized
+# pieces, and no temporary grows with the slab.
+TILE_ROWS = 2048
+# Floats in one (rows x columns) temporary of a tile with many columns (many centres): its rows
+# shrink so that the temporary stays near 2 MiB whatever the number of centres.
+TILE_ELEMENTS = 2**18
 
 
 def packed_indices(n_features: int) -> tuple[np.ndarray, np.ndarray]:
@@ -19,10 +28,10 @@ def packed_indices(n_features: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 class Workspace:
-    """Buffers reused from one row block to the next within a slab.
+    """Buffers reused from one tile to the next within a slab.
 
     Dask workers run with a malloc trim threshold of 64 KiB by default, so every fresh temporary
-    larger than that is a new mapping and page faults: a kernel that allocates per block runs
+    larger than that is a new mapping and page faults: a kernel that allocates per tile runs
     2-3x slower on a worker than in a notebook. Taking the large arrays from here keeps the
     allocations to one per buffer and slab.
     """
@@ -40,7 +49,7 @@ class Workspace:
 
 
 class CentredRows:
-    """Rows ``y_i = x_i - reference`` of one block, in float64, with buffers from ``workspace``."""
+    """Rows ``y_i = x_i - reference`` of one tile, in float64, with buffers from ``workspace``."""
 
     def __init__(self, values: np.ndarray, workspace: Workspace | None = None):
         self.values = values
@@ -58,7 +67,7 @@ class CentredRows:
         return self.values.shape[0]
 
     def take(self, name: str, shape: tuple[int, ...]) -> np.ndarray:
-        """A work buffer for this block (see ``Workspace``)."""
+        """A work buffer for this tile (see ``Workspace``)."""
         return self.workspace.take(name, shape)
 
     @cached_property
@@ -89,6 +98,20 @@ class CentredRows:
             np.multiply(transposed[feature], transposed[feature:], out=packed[start : start + width])
             start += width
         return packed
+
+
+def tile_rows(n_columns: int) -> int:
+    """Rows per tile when each row meets ``n_columns`` centres or components."""
+    return max(1, min(TILE_ROWS, TILE_ELEMENTS // max(1, n_columns)))
+
+
+def tiles(X: np.ndarray, reference: np.ndarray, n_rows: int = TILE_ROWS) -> Iterator[tuple[int, CentredRows]]:
+    """``(offset, rows)`` over the slab in tiles of ``n_rows`` rows centred at ``reference``, in float64,
+    sharing one ``Workspace``; one empty tile for an empty slab, so every kernel still returns its
+    (empty) result. A tile's arrays live in buffers that the next tile reuses: copy what must outlive it."""
+    workspace = Workspace()
+    for start in range(0, max(X.shape[0], 1), n_rows):
+        yield start, CentredRows.of(X[start : start + n_rows], reference, workspace)
 
 
 def pack_symmetric(matrices: np.ndarray) -> np.ndarray:

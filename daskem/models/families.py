@@ -1,41 +1,35 @@
 """Model families: what a slab contributes (chunk statistics) and how totals become parameters.
 
-A family is a small frozen object that the engine drives without knowing which model it fits:
-``chunk_stats(X, params)`` runs on the workers, ``m_step(stats, params)`` on the client. The
-Gaussian mixture delegates everything that depends on the covariance type to a covariance object;
-k-means is the same engine with hard assignments and no second moments.
+A family is a small frozen object that the EM loop drives without knowing which model it fits
+(it follows ``daskem.engine.em.Family``): ``chunk_stats(X, params)`` runs on the workers,
+``update(stats, params)`` on the client. The Gaussian mixture delegates everything that depends on
+the covariance type to a covariance object; k-means is the same engine with hard assignments and no
+second moments. Each family also serves its model's per-row outputs and its restarts' ranking.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Sequence
 
 import numpy as np
 
-from daskem.kernels.covariance.base import CovarianceType
-from daskem.kernels.mixture import gmm_chunk_stats
-from daskem.kernels.nearest import hard_chunk_stats
+from daskem.kernels import mixture, nearest
+from daskem.kernels.covariance import CovarianceType
+from daskem.kernels.params import GMMParams, KMeansParams
 from daskem.kernels.stats import SuffStats
+
+__all__ = ["GMMParams", "GaussianMixtureFamily", "KMeansFamily", "KMeansParams", "information_criteria"]
 
 # scikit-learn adds this to every component's count so that empty components do not divide by 0.
 COUNT_EPSILON = 10 * np.finfo(np.float64).eps
 
 
-@dataclass(frozen=True)
-class GMMParams:
-    """Parameters of a Gaussian mixture; precision Cholesky factors are kept so the E-step never inverts."""
-
-    weights: np.ndarray
-    means: np.ndarray
-    covariances: np.ndarray
-    precisions_cholesky: np.ndarray
-
-
-@dataclass(frozen=True)
-class KMeansParams:
-    """Parameters of k-means: the centres."""
-
-    centers: np.ndarray
+def information_criteria(mean_log_likelihood: float, n_rows: int, n_parameters: int) -> tuple[float, float]:
+    """(BIC, AIC) of a model with ``n_parameters`` free parameters and this mean log-likelihood per row."""
+    minus_twice_log_likelihood = -2 * mean_log_likelihood * n_rows
+    return (minus_twice_log_likelihood + n_parameters * np.log(n_rows),
+            minus_twice_log_likelihood + 2 * n_parameters)
 
 
 @dataclass(frozen=True)
@@ -47,15 +41,21 @@ class GaussianMixtureFamily:
 
     # The objective reported for a fit is that of the last E-step, before the final M-step, as in
     # scikit-learn's ``lower_bound_``; no extra pass scores the returned parameters.
-    scores_returned_params = False
+    reports_objective_of_returned_params = False
+    # Starting from centres takes one pass: the statistics of the rows nearest each centre.
+    starts_from_center_stats = True
 
     def chunk_stats(self, X: np.ndarray, params: GMMParams) -> SuffStats:
         """E-step on one slab: statistics shifted by the current means."""
-        return gmm_chunk_stats(X, params.weights, params.means, params.precisions_cholesky, self.covariance)
+        return mixture.gmm_chunk_stats(X, params, self.covariance)
 
-    def hard_chunk_stats(self, X: np.ndarray, centers: np.ndarray) -> SuffStats:
-        """Statistics of one slab under nearest-centre assignments (initialization from k-means)."""
-        return hard_chunk_stats(X, centers, self.covariance)
+    def center_stats(self, X: np.ndarray, centers: np.ndarray) -> SuffStats:
+        """Statistics of one slab under nearest-centre assignments (to start from centres)."""
+        return nearest.hard_chunk_stats(X, centers, self.covariance)
+
+    def from_centers(self, centers: np.ndarray, stats: SuffStats) -> GMMParams:
+        """Initial parameters from the statistics of the rows nearest ``centers``."""
+        return self.m_step(stats, centers)
 
     def m_step(self, stats: SuffStats, shift: np.ndarray) -> GMMParams:
         """New parameters from statistics accumulated around ``shift`` (the means they were taken at)."""
@@ -77,6 +77,10 @@ class GaussianMixtureFamily:
         """scikit-learn's rule: the mean log-likelihood changed by less than ``tol``."""
         return abs(current - previous) < tol
 
+    def best(self, objectives: Sequence[float]) -> int:
+        """Index of the best restart: the highest mean log-likelihood."""
+        return int(np.argmax(objectives))
+
     def n_parameters(self, n_features: int, params: GMMParams) -> int:
         """Free parameters: covariances, means and the K - 1 free weights."""
         n_components = params.means.shape[0]
@@ -87,6 +91,10 @@ class GaussianMixtureFamily:
             - 1
         )
 
+    def row_outputs(self, params: GMMParams, X: np.ndarray, names: Sequence[str]) -> dict[str, np.ndarray]:
+        """Per-row ``labels``, ``responsibilities`` and ``log_density`` of one slab, from one E-step."""
+        return mixture.row_outputs(X, params, self.covariance, names)
+
 
 @dataclass(frozen=True)
 class KMeansFamily:
@@ -94,11 +102,17 @@ class KMeansFamily:
 
     # The inertia reported is that of the returned centres: on convergence the engine keeps the
     # centres it just scored; after ``max_iter`` it scores the final centres in one more pass.
-    scores_returned_params = True
+    reports_objective_of_returned_params = True
+    # Centres are the parameters: starting from them needs no pass over the data.
+    starts_from_center_stats = False
 
     def chunk_stats(self, X: np.ndarray, params: KMeansParams) -> SuffStats:
         """Assignment step on one slab: counts, sums around the current centres, inertia."""
-        return hard_chunk_stats(X, params.centers)
+        return nearest.hard_chunk_stats(X, params.centers)
+
+    def from_centers(self, centers: np.ndarray, stats: SuffStats | None = None) -> KMeansParams:
+        """The centres themselves."""
+        return KMeansParams(np.asarray(centers, dtype=np.float64))
 
     def update(self, stats: SuffStats, params: KMeansParams) -> KMeansParams:
         """Each centre moves to the mean of its rows; a centre that lost all rows stays where it was."""
@@ -111,3 +125,11 @@ class KMeansFamily:
     def has_converged(self, previous: float, current: float, tol: float) -> bool:
         """The inertia changed by at most ``tol`` relative to its previous value."""
         return abs(previous - current) <= tol * abs(previous)
+
+    def best(self, objectives: Sequence[float]) -> int:
+        """Index of the best restart: the lowest inertia."""
+        return int(np.argmin(objectives))
+
+    def row_outputs(self, params: KMeansParams, X: np.ndarray, names: Sequence[str]) -> dict[str, np.ndarray]:
+        """Per-row ``labels``, ``squared_distance`` and ``distances`` of one slab."""
+        return nearest.row_outputs(X, params.centers, names)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import warnings
+from functools import partial
 from numbers import Integral, Real
 
 import numpy as np
@@ -11,41 +12,89 @@ from sklearn.exceptions import ConvergenceWarning
 from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted
 
-from daskem.data.checks import as_row_blocks, check_shape, check_weights
-from daskem.engine.em import run_em
+from daskem.data.checks import as_row_blocks
 from daskem.engine.per_row import apply_rows
-from daskem.kernels import mixture
+from daskem.engine.reduction import new_run_id
 from daskem.kernels.covariance import get_covariance_type
 from daskem.kernels.draws import seeds_from
-from daskem.models.families import GaussianMixtureFamily, GMMParams
-from daskem.models.initialization.seeding import (
-    gmm_params_from_centers,
-    gmm_params_from_random_responsibilities,
-    initial_centers,
+from daskem.models.families import (
+    GaussianMixtureFamily,
+    GMMParams,
+    information_criteria,
 )
-from daskem.models.parameters import SHARED_PARAMETER_CONSTRAINTS, new_run_id
+from daskem.models.fitting import best_restart, fit_restarts
+from daskem.models.initialization import Candidate, ExplicitStart, InitSpec
+from daskem.models.parameters import SHARED_PARAMETER_CONSTRAINTS
 
-INIT_PARAMS = ("kmeans", "k-means||", "k-means++", "random", "random_from_data")
+# ``init_params`` choices and the start each one names (see ``daskem.models.initialization``).
+INIT_PARAMS = {
+    "kmeans": "lloyd",
+    "k-means||": "k-means||",
+    "k-means++": "k-means++",
+    "random": "random_responsibilities",
+    "random_from_data": "random_rows",
+}
 
 
 class GaussianMixture(DensityMixin, BaseEstimator):
     """Gaussian mixture fitted by EM; the data stays in its chunks, only statistics travel.
 
-    Parameters mean what they mean in :class:`sklearn.mixture.GaussianMixture`, except:
+    Parameters mean what they mean in :class:`sklearn.mixture.GaussianMixture`; the differences
+    and the parameters scikit-learn does not have are marked.
 
-    - ``init_params="kmeans"`` (default) fits k-means by Lloyd's algorithm on the data, seeded
-      by k-means|| (:mod:`daskem.models.initialization.kmeans_parallel`; scikit-learn seeds it by k-means++), then
-      starts from the statistics of the rows nearest each centre;
-    - ``init_params="k-means||"`` (not in scikit-learn) starts from the statistics of the rows
-      nearest the k-means|| centres, without Lloyd's iterations;
-    - ``init_params`` "k-means++" and "random_from_data" assign every row to its nearest seed to
-      compute the initial covariances (scikit-learn uses the seed rows alone).
+    Parameters
+    ----------
+    n_components : int, default=1
+        Number of mixture components.
+    covariance_type : {"full", "tied", "diag", "spherical"}, default="full"
+        Any name in ``daskem.kernels.covariance.COVARIANCE_TYPES``.
+    tol : float, default=1e-3
+        Convergence threshold on the change of the mean log-likelihood per row.
+    reg_covar : float, default=1e-6
+        Added to the diagonal of every covariance.
+    max_iter : int, default=100
+        Maximum number of EM iterations (one pass over the data each).
+    n_init : int, default=1
+        Restarts; they advance together, one read of the data per pass for all, and the best
+        (highest lower bound) is kept.
+    init_params : {"kmeans", "k-means||", "k-means++", "random", "random_from_data"}, default="kmeans"
+        "kmeans" fits k-means by Lloyd's algorithm on the data, seeded by k-means||
+        (:mod:`daskem.models.initialization.kmeans_parallel`; scikit-learn seeds it by k-means++),
+        then starts from the statistics of the rows nearest each centre. "k-means||" (not in
+        scikit-learn) starts from the rows nearest the k-means|| centres, without Lloyd.
+        "k-means++" and "random_from_data" assign every row to its nearest seed to compute the
+        initial covariances (scikit-learn uses the seed rows alone). "random": responsibilities
+        drawn uniformly per row.
+    weights_init, means_init, precisions_init : array-like, default=None
+        Explicit initial values; given means replace the ``init_params`` centres.
+    random_state : int, RandomState instance or None, default=None
+        Seeds every random draw; draws are keyed by the seed and the global row index, so the fit
+        does not depend on the chunking or the cluster.
+    fan_in : int, default=8
+        (daskem) Partial statistics merged per reduction task.
+    init_sample_size : int, default=100_000
+        (daskem) Rows sampled, in one pass, to seed "k-means++".
+    oversampling_factor : float, default=2.0
+        (daskem) k-means||: about ``oversampling_factor * n_components`` candidates drawn per round.
+    init_rounds : int, default=5
+        (daskem) k-means||: rounds of candidate draws, one pass over the data each.
 
-    ``oversampling_factor`` (about ``oversampling_factor * n_components`` candidates drawn per
-    round) and ``init_rounds`` (number of rounds, each one pass over the data) tune k-means|| for
-    "kmeans" and "k-means||". ``init_sample_size`` bounds the rows sampled to seed "k-means++".
-    ``fan_in`` is the number of partial statistics merged per reduction task. ``n_init`` restarts
-    advance together, one read of the data per pass for all.
+    Attributes
+    ----------
+    weights_ : ndarray of shape (n_components,)
+    means_ : ndarray of shape (n_components, n_features)
+    covariances_, precisions_, precisions_cholesky_ : ndarray
+        Shaped by the covariance type, as in scikit-learn.
+    converged_ : bool
+    n_iter_ : int
+        EM iterations of the best restart.
+    lower_bound_ : float
+        Mean log-likelihood per row at the last E-step (before the final M-step), as in scikit-learn.
+    lower_bounds_, history_ : list of float
+        ``lower_bound_`` at every iteration.
+    iteration_seconds_ : list of float
+        (daskem) Wall-clock seconds of every iteration.
+    n_features_in_ : int
     """
 
     _parameter_constraints = {
@@ -97,15 +146,11 @@ class GaussianMixture(DensityMixin, BaseEstimator):
     # ------------------------------------------------------------------ fitting
     def fit(self, X, y=None):
         """Fit the mixture to ``X`` (NumPy or a Dask array chunked along rows)."""
-        self._validate_params()
-        family = GaussianMixtureFamily(get_covariance_type(self.covariance_type), float(self.reg_covar))
         X = as_row_blocks(X, min_rows=self.n_components)
-        run_id = new_run_id("gmm")
-        starts = self._initial_params(X, family, run_id)
-        labels = [f"gmm restart {i}" for i in range(len(starts))] if len(starts) > 1 else ["gmm"]
-        results = run_em(X, [family] * len(starts), starts, max_iter=self.max_iter, tol=self.tol,
-                         run_id=run_id, fan_in=self.fan_in, labels=labels)
-        self._set_fit(max(results, key=lambda result: result.objective), X.shape[1])
+        candidate, spec = mixture_start(self, X.shape[1])
+        (results,) = fit_restarts(X, [candidate], spec, labels=["gmm"], max_iter=self.max_iter, tol=self.tol,
+                                  run_id=new_run_id("gmm"))
+        set_fitted(self, best_restart(candidate, results), X.shape[1])
         if not self.converged_:
             warnings.warn(
                 f"GaussianMixture did not converge in {self.max_iter} iterations (tol={self.tol}): "
@@ -119,134 +164,85 @@ class GaussianMixture(DensityMixin, BaseEstimator):
         """Fit, then label ``X`` with the fitted model (lazy for Dask input)."""
         return self.fit(X).predict(X)
 
-    def _explicit_start(self, cov, n_features: int):
-        """The validated ``weights_init``, ``means_init`` and precision Cholesky factors of
-        ``precisions_init`` (each None when not given)."""
-        n_components = self.n_components
-        weights = None if self.weights_init is None else check_weights(self.weights_init, n_components)
-        means = None if self.means_init is None else check_shape(self.means_init, (n_components, n_features), "means_init")
-        prec_chol = None
-        if self.precisions_init is not None:
-            precisions = cov.check_precisions(self.precisions_init, n_components, n_features)
-            prec_chol = cov.precision_cholesky_from_precisions(precisions)
-        return weights, means, prec_chol
-
-    def _start_centers(self, X, seeds, name) -> list[np.ndarray] | None:
-        """Centres whose nearest rows give the initial parameters, one set per restart; None for
-        ``init_params="random"`` (random responsibilities instead). Given ``means_init``, they are the
-        centres: one pass, where scikit-learn would run the whole ``init_params`` first."""
-        _, means, _ = self._explicit_start(get_covariance_type(self.covariance_type), X.shape[1])
-        if means is not None:
-            return [means]
-        if self.init_params == "random":
-            return None
-        return initial_centers(X, self.n_components, self.init_params, seeds, sample_size=self.init_sample_size,
-                               name=name, fan_in=self.fan_in, oversampling_factor=self.oversampling_factor,
-                               n_rounds=self.init_rounds)
-
-    def _initial_params(self, X, family, run_id) -> list[GMMParams]:
-        """Initial parameters per restart: from ``init_params``, then the explicit ``*_init`` on top."""
-        weights, means, prec_chol = self._explicit_start(family.covariance, X.shape[1])
-        if weights is not None and means is not None and prec_chol is not None:
-            covariances = family.covariance.covariances_from_precision_cholesky(prec_chol)
-            return [GMMParams(weights, means, covariances, prec_chol)]
-        seeds = seeds_from(self.random_state, self.n_init)
-        centers = self._start_centers(X, seeds, f"{run_id}-init")
-        if centers is None:
-            starts = gmm_params_from_random_responsibilities(X, family, self.n_components, seeds,
-                                                             name=f"{run_id}-init", fan_in=self.fan_in)
-        else:
-            starts = gmm_params_from_centers(X, [(family, c) for c in centers], name=f"{run_id}-assign",
-                                             fan_in=self.fan_in)
-        return [self._with_explicit(start, family.covariance, X.shape[1]) for start in starts]
-
-    def _with_explicit(self, start: GMMParams, cov, n_features: int) -> GMMParams:
-        """``start`` with the explicitly given initial parameters put in its place."""
-        weights, means, prec_chol = self._explicit_start(cov, n_features)
-        if prec_chol is not None:
-            start = GMMParams(start.weights, start.means, cov.covariances_from_precision_cholesky(prec_chol), prec_chol)
-        return GMMParams(start.weights if weights is None else weights, start.means if means is None else means,
-                         start.covariances, start.precisions_cholesky)
-
-    def _set_fit(self, result, n_features: int) -> None:
-        """The fitted attributes of one EM result."""
-        self._set_params(result.params, n_features)
-        self.converged_ = result.converged
-        self.n_iter_ = result.n_iter
-        self.lower_bound_ = result.objective
-        self.lower_bounds_ = list(result.history)
-        self.history_ = list(result.history)
-        self.iteration_seconds_ = list(result.seconds)
-
-    def _set_params(self, params: GMMParams, n_features: int) -> None:
-        cov = get_covariance_type(self.covariance_type)
-        self.weights_ = params.weights
-        self.means_ = params.means
-        self.covariances_ = params.covariances
-        self.precisions_cholesky_ = params.precisions_cholesky
-        self.precisions_ = cov.precisions(params.precisions_cholesky)
-        self.n_features_in_ = n_features
+    def _family(self) -> GaussianMixtureFamily:
+        return GaussianMixtureFamily(get_covariance_type(self.covariance_type), float(self.reg_covar))
 
     # --------------------------------------------------------------- prediction
-    def _fitted(self) -> tuple[GMMParams, object]:
+    def _fitted(self) -> GMMParams:
         check_is_fitted(self, ["weights_", "means_", "precisions_cholesky_"])
-        params = GMMParams(self.weights_, self.means_, self.covariances_, self.precisions_cholesky_)
-        return params, get_covariance_type(self.covariance_type)
+        return GMMParams(self.weights_, self.means_, self.covariances_, self.precisions_cholesky_)
 
-    def _apply(self, X, kernel, columns, dtype):
-        return apply_rows(X, kernel, self._fitted(), n_features=self.n_features_in_, columns=columns, dtype=dtype)
+    def row_kernel(self):
+        """A picklable ``kernel(rows, names) -> {name: array}`` for the per-row outputs ``labels``,
+        ``responsibilities`` and ``log_density``, all from one E-step per tile."""
+        return partial(self._family().row_outputs, self._fitted())
+
+    def _apply(self, X, name, columns, dtype):
+        return apply_rows(X, self.row_kernel(), name, n_features=self.n_features_in_, columns=columns, dtype=dtype)
 
     def predict(self, X):
         """Most probable component of each row."""
-        return self._apply(X, _predict_rows, None, np.int64)
+        return self._apply(X, "labels", None, np.int64)
 
     def predict_proba(self, X):
         """Responsibilities: the posterior probability of each component for each row."""
-        return self._apply(X, _proba_rows, self.n_components, np.float64)
+        return self._apply(X, "responsibilities", self.n_components, np.float64)
 
     def score_samples(self, X):
         """Log-density of each row under the mixture."""
-        return self._apply(X, _log_density_rows, None, np.float64)
+        return self._apply(X, "log_density", None, np.float64)
 
     def score(self, X, y=None) -> float:
         """Mean log-likelihood per row (computed now, also for Dask input)."""
         return float(np.asarray(self.score_samples(X).mean()))
 
     def _n_parameters(self) -> int:
-        params, _ = self._fitted()
-        family = GaussianMixtureFamily(get_covariance_type(self.covariance_type), self.reg_covar)
-        return family.n_parameters(self.n_features_in_, params)
+        return self._family().n_parameters(self.n_features_in_, self._fitted())
 
     def bic(self, X) -> float:
         """Bayesian information criterion on ``X``: lower is better."""
-        n_rows = X.shape[0]
-        return -2 * self.score(X) * n_rows + self._n_parameters() * np.log(n_rows)
+        return information_criteria(self.score(X), X.shape[0], self._n_parameters())[0]
 
     def aic(self, X) -> float:
         """Akaike information criterion on ``X``: lower is better."""
-        return -2 * self.score(X) * X.shape[0] + 2 * self._n_parameters()
+        return information_criteria(self.score(X), X.shape[0], self._n_parameters())[1]
 
     def sample(self, n_samples=1):
         """Draw ``n_samples`` rows from the fitted mixture; returns (X, component labels)."""
         if n_samples < 1:
             raise ValueError(f"n_samples must be at least 1, got {n_samples}")
-        params, cov = self._fitted()
+        params = self._fitted()
         rng = np.random.default_rng(seeds_from(self.random_state, 1)[0])
         counts = rng.multinomial(n_samples, params.weights)
-        rows = cov.sample(rng, params.means, params.covariances, counts)
+        rows = self._family().covariance.sample(rng, params.means, params.covariances, counts)
         return rows, np.repeat(np.arange(self.n_components), counts)
 
 
-def _predict_rows(rows, fitted):
-    params, cov = fitted
-    return mixture.gmm_predict(rows, params.weights, params.means, params.precisions_cholesky, cov)
+def mixture_start(estimator: GaussianMixture, n_features: int) -> tuple[Candidate, InitSpec]:
+    """The estimator's parameters checked, and the model as a candidate to start (its explicit initial
+    values checked once) with how to start it; ``fit`` and ``fit_candidates`` share it."""
+    estimator._validate_params()
+    family = estimator._family()
+    explicit = ExplicitStart.of(estimator.n_components, n_features, weights=estimator.weights_init,
+                                means=estimator.means_init, precisions=estimator.precisions_init,
+                                covariance=family.covariance)
+    spec = InitSpec(INIT_PARAMS[estimator.init_params], estimator.random_state, estimator.n_init,
+                    estimator.init_sample_size, estimator.oversampling_factor, estimator.init_rounds, estimator.fan_in)
+    return Candidate(family, estimator.n_components, explicit), spec
 
 
-def _proba_rows(rows, fitted):
-    params, cov = fitted
-    return mixture.gmm_predict_proba(rows, params.weights, params.means, params.precisions_cholesky, cov)
-
-
-def _log_density_rows(rows, fitted):
-    params, cov = fitted
-    return mixture.gmm_score_samples(rows, params.weights, params.means, params.precisions_cholesky, cov)
+def set_fitted(estimator: GaussianMixture, result, n_features: int) -> None:
+    """Set the fitted attributes of ``estimator`` from one EM result."""
+    params = result.params
+    estimator.weights_ = params.weights
+    estimator.means_ = params.means
+    estimator.covariances_ = params.covariances
+    estimator.precisions_cholesky_ = params.precisions_cholesky
+    estimator.precisions_ = estimator._family().covariance.precisions(params.precisions_cholesky)
+    estimator.n_features_in_ = n_features
+    estimator.converged_ = result.converged
+    estimator.n_iter_ = result.n_iter
+    estimator.lower_bound_ = result.objective
+    estimator.lower_bounds_ = list(result.history)
+    estimator.history_ = list(result.history)
+    estimator.iteration_seconds_ = list(result.seconds)

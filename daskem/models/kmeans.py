@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import warnings
+from functools import partial
 from numbers import Integral
 
 import numpy as np
@@ -11,37 +12,70 @@ from sklearn.exceptions import ConvergenceWarning
 from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted
 
-from daskem.data.checks import as_row_blocks, check_shape
-from daskem.engine.em import run_em
+from daskem.data.checks import as_row_blocks
 from daskem.engine.per_row import apply_rows
-from daskem.kernels import nearest
-from daskem.kernels.draws import seeds_from
+from daskem.engine.reduction import new_run_id
 from daskem.models.families import KMeansFamily, KMeansParams
-from daskem.models.initialization.seeding import kmeans_initial_centers
-from daskem.models.parameters import SHARED_PARAMETER_CONSTRAINTS, new_run_id
+from daskem.models.fitting import best_restart, fit_restarts
+from daskem.models.initialization import Candidate, ExplicitStart, InitSpec
+from daskem.models.parameters import SHARED_PARAMETER_CONSTRAINTS
 
-INIT_METHODS = ("k-means||", "k-means++", "random")
+# ``init`` choices and the seeding each one names (see ``daskem.models.initialization``).
+INIT_METHODS = {
+    "k-means||": "k-means||",
+    "k-means++": "k-means++",
+    "random": "random_rows",
+}
 
 
 class KMeans(ClusterMixin, TransformerMixin, BaseEstimator):
     """k-means fitted by Lloyd's algorithm over the chunks of a Dask array.
 
-    ``tol`` is the convergence threshold on the relative change of the inertia between two
-    iterations (not scikit-learn's centre shift). ``init`` is one of:
+    Parameters
+    ----------
+    n_clusters : int, default=8
+        Number of clusters.
+    init : {"k-means||", "k-means++", "random"} or array of shape (n_clusters, n_features), default="k-means||"
+        "k-means||" (Bahmani et al. 2012, see :mod:`daskem.models.initialization.kmeans_parallel`):
+        a uniformly drawn first centre, then ``init_rounds`` rounds that each draw about
+        ``oversampling_factor * n_clusters`` candidate rows with probability proportional to their
+        squared distance to the candidates so far, then weighted k-means++ and Lloyd on the
+        candidates on the client: ``init_rounds + 1`` passes over the data, whatever its size.
+        "k-means++": seeded on a uniform sample of at most ``init_sample_size`` rows (one pass).
+        "random": distinct rows drawn uniformly (one pass). An array: the initial centres.
+    n_init : int, default=1
+        Restarts; they advance together, one read of the data per pass for all (initialization
+        included), and the lowest inertia wins.
+    max_iter : int, default=300
+        Maximum number of Lloyd iterations (one pass over the data each).
+    tol : float, default=1e-4
+        Convergence threshold on the relative change of the inertia between two iterations (not
+        scikit-learn's centre shift).
+    random_state : int, RandomState instance or None, default=None
+        Seeds every random draw; draws are keyed by the seed and the global row index, so the fit
+        does not depend on the chunking or the cluster.
+    fan_in : int, default=8
+        (daskem) Partial statistics merged per reduction task.
+    init_sample_size : int, default=100_000
+        (daskem) Rows sampled, in one pass, to seed "k-means++".
+    oversampling_factor : float, default=2.0
+        (daskem) k-means||: about ``oversampling_factor * n_clusters`` candidates drawn per round.
+    init_rounds : int, default=5
+        (daskem) k-means||: rounds of candidate draws, one pass over the data each.
 
-    - "k-means||" (default, Bahmani et al. 2012, see :mod:`daskem.models.initialization.kmeans_parallel`): a uniformly
-      drawn first centre, then ``init_rounds`` rounds that each draw about
-      ``oversampling_factor * n_clusters`` candidate rows with probability proportional to their
-      squared distance to the candidates so far, then weighted k-means++ and Lloyd on the candidates
-      on the client. ``init_rounds + 1`` passes over the data, whatever its size;
-    - "k-means++": seeded on a uniform sample of at most ``init_sample_size`` rows (one pass);
-    - "random": distinct rows drawn uniformly (one pass);
-    - an array of initial centres.
-
-    Every draw is keyed by the seed and the global row index, so the result does not depend on
-    the chunking or the cluster. ``n_init`` restarts advance together, one read of the data per
-    pass for all (initialization included), and the lowest inertia wins. ``inertia_`` is the
-    inertia of the returned centres.
+    Attributes
+    ----------
+    cluster_centers_ : ndarray of shape (n_clusters, n_features)
+    inertia_ : float
+        Summed squared distance of each row to its nearest centre, for the returned centres.
+    n_iter_ : int
+    converged_ : bool
+        (daskem) Whether ``tol`` was met before ``max_iter``.
+    history_ : list of float
+        (daskem) The inertia at every iteration.
+    iteration_seconds_ : list of float
+        (daskem) Wall-clock seconds of every iteration.
+    n_features_in_ : int
     """
 
     _parameter_constraints = {
@@ -79,18 +113,14 @@ class KMeans(ClusterMixin, TransformerMixin, BaseEstimator):
         """Fit the centres to ``X`` (NumPy or a Dask array chunked along rows)."""
         self._validate_params()
         X = as_row_blocks(X, min_rows=self.n_clusters, what="n_clusters")
-        explicit = not isinstance(self.init, str)
-        if explicit:
-            check_shape(self.init, (self.n_clusters, X.shape[1]), "init")
-        run_id = new_run_id("kmeans")
-        seeds = seeds_from(self.random_state, 1 if explicit else self.n_init)
-        starts = kmeans_initial_centers(X, self.n_clusters, self.init, seeds, sample_size=self.init_sample_size,
-                                        name=f"{run_id}-init", fan_in=self.fan_in,
-                                        oversampling_factor=self.oversampling_factor, n_rounds=self.init_rounds)
-        labels = [f"k-means restart {i}" for i in range(len(starts))] if len(starts) > 1 else ["k-means"]
-        results = run_em(X, [KMeansFamily()] * len(starts), [KMeansParams(c) for c in starts],
-                         max_iter=self.max_iter, tol=self.tol, run_id=run_id, fan_in=self.fan_in, labels=labels)
-        best = min(results, key=lambda result: result.objective)
+        explicit = None if isinstance(self.init, str) else self.init
+        candidate = Candidate(KMeansFamily(), self.n_clusters,
+                              ExplicitStart.of(self.n_clusters, X.shape[1], means=explicit, means_name="init"))
+        spec = InitSpec(INIT_METHODS.get(self.init) if explicit is None else None, self.random_state, self.n_init,
+                        self.init_sample_size, self.oversampling_factor, self.init_rounds, self.fan_in)
+        (results,) = fit_restarts(X, [candidate], spec, labels=["k-means"], max_iter=self.max_iter, tol=self.tol,
+                                  run_id=new_run_id("kmeans"))
+        best = best_restart(candidate, results)
         self.cluster_centers_ = best.params.centers
         self.inertia_ = float(best.objective)
         self.n_iter_ = best.n_iter
@@ -110,28 +140,23 @@ class KMeans(ClusterMixin, TransformerMixin, BaseEstimator):
         """Fit, then label ``X`` with the fitted centres (lazy for Dask input)."""
         return self.fit(X).predict(X)
 
-    def _apply(self, X, kernel, columns, dtype):
+    def row_kernel(self):
+        """A picklable ``kernel(rows, names) -> {name: array}`` for the per-row outputs ``labels``,
+        ``squared_distance`` and ``distances``."""
         check_is_fitted(self, "cluster_centers_")
-        return apply_rows(X, kernel, self.cluster_centers_, n_features=self.n_features_in_,
-                          columns=columns, dtype=dtype)
+        return partial(KMeansFamily().row_outputs, KMeansParams(self.cluster_centers_))
+
+    def _apply(self, X, name, columns, dtype):
+        return apply_rows(X, self.row_kernel(), name, n_features=self.n_features_in_, columns=columns, dtype=dtype)
 
     def predict(self, X):
         """Index of the nearest centre for each row."""
-        return self._apply(X, _nearest_rows, None, np.int64)
+        return self._apply(X, "labels", None, np.int64)
 
     def transform(self, X):
         """Euclidean distance of each row to each centre."""
-        return self._apply(X, nearest.kmeans_transform, self.n_clusters, np.float64)
+        return self._apply(X, "distances", self.n_clusters, np.float64)
 
     def score(self, X, y=None) -> float:
         """Opposite of the inertia of ``X`` under the fitted centres (computed now)."""
-        squared = self._apply(X, _squared_distance_rows, None, np.float64)
-        return -float(np.asarray(squared.sum()))
-
-
-def _nearest_rows(rows, centers):
-    return nearest.nearest_center(rows, centers)[0]
-
-
-def _squared_distance_rows(rows, centers):
-    return nearest.nearest_center(rows, centers)[1]
+        return -float(np.asarray(self._apply(X, "squared_distance", None, np.float64).sum()))

@@ -1,9 +1,7 @@
-"""What both estimators share: parameter rules, run ids, and applying a row kernel to NumPy or,
-lazily, to Dask input."""
+"""The parameter rules both estimators share (scikit-learn's ``_parameter_constraints``)."""
 
 from __future__ import annotations
 
-import uuid
 from numbers import Integral, Real
 
 from sklearn.utils._param_validation import Interval
@@ -19,10 +17,4 @@ SHARED_PARAMETER_CONSTRAINTS = {
     "oversampling_factor": [Interval(Real, 0.0, None, closed="neither")],
     "init_rounds": [Interval(Integral, 1, None, closed="left")],
 }
-
-
-def new_run_id(kind: str) -> str:
-    """A fresh prefix for the task keys of one fit, so keys are never reused with other contents."""
-    return f"daskem-{kind}-{uuid.uuid4().hex[:12]}"
-
 

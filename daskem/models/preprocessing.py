@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import dask
@@ -151,6 +152,10 @@ class PreprocessedModel:
     def __repr__(self) -> str:
         return f"PreprocessedModel({self.estimator!r}, steps={self.preprocessing.steps})"
 
+    def row_kernel(self):
+        """The estimator's row kernel (see ``GaussianMixture.row_kernel``) behind the transform."""
+        return partial(_transformed_outputs, self.preprocessing, self.estimator.row_kernel())
+
     def predict(self, X):
         return self.estimator.predict(self.preprocessing.transform(X))
 
@@ -171,3 +176,8 @@ class PreprocessedModel:
 
     def aic(self, X) -> float:
         return self.estimator.aic(self.preprocessing.transform(X))
+
+
+def _transformed_outputs(prep: Preprocessing, kernel, rows: np.ndarray, names) -> dict:
+    """``kernel``'s per-row outputs of raw rows: transformed first."""
+    return kernel(transform_rows(rows, prep), names)

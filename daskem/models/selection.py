@@ -13,16 +13,12 @@ import logging
 from dataclasses import asdict, dataclass
 from typing import Sequence
 
-import numpy as np
-
 from daskem.data.checks import as_row_blocks
-from daskem.engine.em import em_pass, run_em
-from daskem.kernels.covariance import get_covariance_type
-from daskem.kernels.draws import seeds_from
-from daskem.models.families import GaussianMixtureFamily
-from daskem.models.gaussian_mixture import GaussianMixture
-from daskem.models.initialization.seeding import gmm_params_from_centers
-from daskem.models.parameters import new_run_id
+from daskem.engine.em import em_pass
+from daskem.engine.reduction import new_run_id
+from daskem.models.families import information_criteria
+from daskem.models.fitting import fit_restarts
+from daskem.models.gaussian_mixture import GaussianMixture, mixture_start, set_fitted
 
 logger = logging.getLogger("daskem")
 
@@ -44,7 +40,7 @@ class CandidateSummary:
 
 
 @dataclass
-class Selection:
+class SelectionResult:
     """The chosen model and the table of every candidate, best first by the criterion."""
 
     best: GaussianMixture
@@ -68,7 +64,7 @@ def fit_candidates(
     n_init: int = 1,
     criterion: str = "bic",
     **params,
-) -> Selection:
+) -> SelectionResult:
     """Fit a mixture for every (n_components, covariance type, restart) in shared passes; pick the best.
 
     ``params`` are the other :class:`daskem.GaussianMixture` parameters, common to all candidates.
@@ -81,78 +77,31 @@ def fit_candidates(
     if not n_components or not covariance_types:
         raise ValueError("give at least one value of n_components and one covariance type")
     X = as_row_blocks(X, min_rows=max(n_components))
+    estimators = [GaussianMixture(k, covariance_type=covariance_type, n_init=n_init, **params)
+                  for k in n_components for covariance_type in covariance_types]
+    starts = [mixture_start(estimator, X.shape[1]) for estimator in estimators]
+    candidates = [candidate for candidate, _ in starts]
+    first, spec = estimators[0], starts[0][1]  # the parameters but n_components and covariance_type are shared
     run_id = new_run_id("select")
-    candidates = []
-    for k in n_components:
-        for covariance_type in covariance_types:
-            estimator = GaussianMixture(k, covariance_type=covariance_type, n_init=n_init, **params)
-            estimator._validate_params()
-            candidates.append((estimator, GaussianMixtureFamily(get_covariance_type(covariance_type),
-                                                                float(estimator.reg_covar))))
-    starts = _initial_params(X, candidates, run_id)
-    estimators, families, initial, labels = [], [], [], []
-    for (estimator, family), candidate_starts in zip(candidates, starts):
-        for restart, start in enumerate(candidate_starts):
-            estimators.append((estimator, restart))
-            families.append(family)
-            initial.append(start)
-            labels.append(f"K={estimator.n_components} {estimator.covariance_type} restart {restart}")
-    results = run_em(X, families, initial, max_iter=estimators[0][0].max_iter, tol=estimators[0][0].tol,
-                     run_id=run_id, fan_in=estimators[0][0].fan_in, labels=labels)
-    final = em_pass(X, families, results, list(range(len(results))), name=f"{run_id}-score",
-                    fan_in=estimators[0][0].fan_in)
-    n_rows, n_features = X.shape
+    grouped = fit_restarts(X, candidates, spec, max_iter=first.max_iter, tol=first.tol, run_id=run_id,
+                           labels=[f"K={e.n_components} {e.covariance_type}" for e in estimators])
+    owners = [(estimator, candidate, restart, result) for estimator, candidate, results in
+              zip(estimators, candidates, grouped) for restart, result in enumerate(results)]
+    final = em_pass(X, [c.family for _, c, _, _ in owners], [r for *_, r in owners], list(range(len(owners))),
+                    name=f"{run_id}-score", fan_in=first.fan_in)
     table = []
-    for (estimator, restart), family, result, stats in zip(estimators, families, results, final):
-        log_likelihood = family.objective(stats)
-        n_parameters = family.n_parameters(n_features, result.params)
-        table.append(CandidateSummary(
-            estimator.n_components, estimator.covariance_type, restart, log_likelihood,
-            bic=-2 * log_likelihood * n_rows + n_parameters * np.log(n_rows),
-            aic=-2 * log_likelihood * n_rows + 2 * n_parameters,
-            n_iter=result.n_iter, converged=result.converged,
-        ))
+    for (estimator, candidate, restart, result), stats in zip(owners, final):
+        log_likelihood = candidate.family.objective(stats)
+        n_parameters = candidate.family.n_parameters(X.shape[1], result.params)
+        bic, aic = information_criteria(log_likelihood, X.shape[0], n_parameters)
+        table.append(CandidateSummary(estimator.n_components, estimator.covariance_type, restart, log_likelihood,
+                                      bic=bic, aic=aic, n_iter=result.n_iter, converged=result.converged))
     order = sorted(range(len(table)), key=lambda i: _score(table[i], criterion))
-    best_index = order[0]
-    best_estimator, _ = estimators[best_index]
-    best_estimator._set_fit(results[best_index], n_features)
+    best_estimator, _, _, best_result = owners[order[0]]
+    set_fitted(best_estimator, best_result, X.shape[1])
     ranked = [table[i] for i in order]
     _log_table(ranked, criterion)
-    return Selection(best_estimator, criterion, ranked)
-
-
-def _initial_params(X, candidates, run_id) -> list[list]:
-    """Initial parameters of every candidate, restarts included, in as few passes as possible.
-
-    Centres are computed once per number of components and shared by its covariance types; one
-    pass then gathers the statistics of the rows nearest them for every candidate at once.
-    Candidates started from random responsibilities, or given all their parameters, do alone.
-    """
-    n_features = X.shape[1]
-    starts: list[list | None] = [None] * len(candidates)
-    centers_by_k: dict[int, list | None] = {}
-    pairs, owners = [], []
-    for index, (estimator, family) in enumerate(candidates):
-        if all(part is not None for part in estimator._explicit_start(family.covariance, n_features)):
-            starts[index] = estimator._initial_params(X, family, run_id)
-            continue
-        k = estimator.n_components
-        if k not in centers_by_k:
-            seeds = seeds_from(estimator.random_state, estimator.n_init)
-            centers_by_k[k] = estimator._start_centers(X, seeds, f"{run_id}-init-{k}")
-        if centers_by_k[k] is None:  # init_params="random"
-            starts[index] = estimator._initial_params(X, family, f"{run_id}-{index}")
-            continue
-        starts[index] = []
-        for centers in centers_by_k[k]:
-            pairs.append((family, centers))
-            owners.append(index)
-    if pairs:
-        shared = gmm_params_from_centers(X, pairs, name=f"{run_id}-assign", fan_in=candidates[0][0].fan_in)
-        for index, start in zip(owners, shared):
-            estimator, family = candidates[index]
-            starts[index].append(estimator._with_explicit(start, family.covariance, n_features))
-    return starts
+    return SelectionResult(best_estimator, criterion, ranked)
 
 
 def _log_table(table: list[CandidateSummary], criterion: str) -> None:

@@ -3,11 +3,23 @@
 from __future__ import annotations
 
 import os
+import uuid
+from dataclasses import dataclass
 from typing import Any
 
 import dask.array as da
 import numpy as np
 import zarr
+
+from daskem.engine.reduction import DEFAULT_FAN_IN, map_reduce
+
+# The per-row outputs a run can write, with the dtype they are stored in and whether they have one
+# column per component. All come from one E-step per slab.
+PREDICTIONS = {
+    "labels": (np.int32, False),
+    "responsibilities": (np.float32, True),
+    "log_density": (np.float64, False),
+}
 
 
 def write_predictions(
@@ -18,40 +30,51 @@ def write_predictions(
     labels: bool = True,
     responsibilities: bool = False,
     log_density: bool = False,
+    fan_in: int = DEFAULT_FAN_IN,
 ) -> dict[str, dict[str, Any]]:
     """Write the requested per-row outputs of ``model`` on ``X`` to the Zarr group ``path``.
 
     ``labels`` (int32, N), ``responsibilities`` (float32, N x K), ``log_density`` (float64, N),
-    chunked like the rows of ``X``. For a Dask ``X`` the workers compute and write each chunk;
-    nothing is gathered. Returns a description of each array written.
+    chunked like the rows of ``X``. Each slab's task computes every requested output from one E-step
+    (``model.row_kernel()``) and writes its own region of each array; nothing is gathered but a row
+    count, checked against N. Returns a description of each array written.
     """
-    wanted = []
-    if labels:
-        wanted.append(("labels", model.predict, np.int32))
-    if responsibilities:
-        wanted.append(("responsibilities", model.predict_proba, np.float32))
-    if log_density:
-        wanted.append(("log_density", model.score_samples, np.float64))
+    wanted = [name for name, on in (("labels", labels), ("responsibilities", responsibilities),
+                                    ("log_density", log_density)) if on]
     if not wanted:
         return {}
+    X = X if isinstance(X, da.Array) else da.from_array(np.asarray(X), chunks=(X.shape[0], -1))
+    chunk = max(X.chunks[0])
+    if any(size != chunk for size in X.chunks[0][:-1]):
+        X = X.rechunk({0: chunk})  # zarr chunks are regular: each slab must be one whole chunk
     n_rows = X.shape[0]
-    chunk = max(X.chunks[0]) if isinstance(X, da.Array) else n_rows
-    if isinstance(X, da.Array) and any(size != chunk for size in X.chunks[0][:-1]):
-        X = X.rechunk({0: chunk})  # zarr chunks are regular: each block must be one chunk
     group = zarr.open_group(str(path), mode="w-")
-    sources, targets, written = [], [], {}
-    for name, method, dtype in wanted:
-        values = method(X)
-        values = values.astype(dtype)
-        shape = (n_rows,) + tuple(values.shape[1:])
-        target = group.create_array(name, shape=shape, chunks=(chunk,) + shape[1:], dtype=dtype)
-        if isinstance(values, da.Array):
-            sources.append(values)
-            targets.append(target)
-        else:
-            target[...] = values
+    targets, written = {}, {}
+    for name in wanted:
+        dtype, per_component = PREDICTIONS[name]
+        shape = (n_rows, model.n_components) if per_component else (n_rows,)
+        targets[name] = group.create_array(name, shape=shape, chunks=(chunk,) + shape[1:], dtype=dtype)
         written[name] = {"dtype": np.dtype(dtype).name, "shape": list(shape), "chunk_rows": chunk}
-    if sources:
-        da.store(sources, targets, lock=False)
+    payload = SlabWrite(model.row_kernel(), tuple(targets.items()))
+    rows = map_reduce(X, write_slab, payload, name=f"daskem-predictions-{uuid.uuid4().hex[:12]}", combine=sum,
+                      fan_in=fan_in)
+    if rows != n_rows:  # every slab writes its rows exactly once
+        raise RuntimeError(f"predictions: {rows} rows written for {n_rows} rows of input")
     return written
 
+
+@dataclass(frozen=True)
+class SlabWrite:
+    """What each writing task needs: the model's row kernel and the Zarr arrays, by output name."""
+
+    kernel: Any
+    targets: tuple
+
+
+def write_slab(slab: np.ndarray, row_start: int, payload: SlabWrite) -> int:
+    """Compute every requested output of one slab from one E-step and write it in place; the row count."""
+    values = payload.kernel(slab, tuple(name for name, _ in payload.targets))
+    stop = row_start + slab.shape[0]
+    for name, target in payload.targets:
+        target[row_start:stop] = values[name].astype(PREDICTIONS[name][0], copy=False)
+    return slab.shape[0]

@@ -7,21 +7,21 @@ then weighted Lloyd). Passes over the data, for any number of seeds (``n_init`` 
 in the same passes):
 
 * the first centre, one uniformly drawn row per seed: its global index comes from the seed and N
-  alone, so one task per seed reads just the block that holds it (at most ``n_init`` blocks);
+  alone, so one task per seed reads just the slab that holds it (at most ``n_init`` slabs);
 * round 1 .. ``n_rounds``: one pass each; round 1 also checks every row for NaN and infinity;
 * one counting pass for the candidate weights.
 
 So ``n_rounds + 1`` passes (the textbook ``n_rounds + 2`` spends a whole pass on the first centre),
 fewer when every row already equals a candidate (phi = 0: later rounds would draw nothing) or when
 no seed needs weights (at most k candidates and all rows covered). Picking the first centre inside
-round 1's graph would save even the few block reads, but every map task would then wait on it and
-a distributed scheduler would load all blocks into memory meanwhile.
+round 1's graph would save even the few slab reads, but every map task would then wait on it and
+a distributed scheduler would load all slabs into memory meanwhile.
 
 One pass per round, exactly: a row is kept in round r iff ``u < l d^2 / phi``, i.e.
 ``d^2 / u > phi / l``, with ``d^2`` its squared distance to the candidates, ``u`` a uniform draw
 keyed by (seed, round, global row index) and ``phi`` the sum of ``d^2`` over all rows. ``phi`` is
-unknown inside a block, but ``phi >= phi_block``: a block keeps only rows with
-``d^2 / u > phi_block / l`` (at most about ``l`` in expectation) with its partial ``phi``; every
+unknown inside a slab, but ``phi >= phi_slab``: a slab keeps only rows with
+``d^2 / u > phi_slab / l`` (at most about ``l`` in expectation) with its partial ``phi``; every
 merge of the tree adds the partial phis and prunes again; the root applies the exact threshold.
 The draws depend on nothing but the seed, the round and the global row index, so the centres are
 the same on any chunking and any cluster.
@@ -41,10 +41,10 @@ import numpy as np
 from sklearn.cluster import KMeans as LocalKMeans
 from sklearn.cluster import kmeans_plusplus
 
-from daskem.engine.reduction import DEFAULT_FAN_IN, block_row_starts, map_reduce
+from daskem.engine.reduction import DEFAULT_FAN_IN, map_reduce, slab_row_starts
 from daskem.kernels.draws import row_uniforms
-from daskem.kernels.nearest import nearest_center
-from daskem.kernels.tiles import check_finite_block
+from daskem.kernels.nearest import nearest_tiles
+from daskem.kernels.tiles import check_finite_block, tile_rows
 
 logger = logging.getLogger("daskem")
 
@@ -52,9 +52,6 @@ logger = logging.getLogger("daskem")
 FIRST_CENTER_STREAM = 1000
 FALLBACK_STREAM = 1001
 ROUND_STREAM = 1100
-# Floats in one temporary of a kernel (2 MiB): blocks are cut into pieces of rows so that a task
-# needs little memory beyond its block, whatever the number of candidates.
-DISTANCE_ELEMENTS = 2**18
 
 
 @dataclass(frozen=True)
@@ -68,7 +65,7 @@ class KMeansParallelResult:
     costs: tuple[float, ...]  # phi before each round run
 
 
-class Selection(NamedTuple):
+class RoundDraws(NamedTuple):
     """Rows still in the running for one seed, with the partial phi of the rows they came from."""
 
     phi: float
@@ -91,67 +88,58 @@ class WeightRequest:
     fallback_sizes: tuple[int, ...]  # distinct uncovered rows to sample, per seed (0: none)
 
 
-def _pieces(block, centers: np.ndarray):
-    """``(offset, rows, labels, d2)`` over pieces of the block: ``nearest_center`` makes a few
-    temporaries of rows x max(candidates, features) floats, each kept near DISTANCE_ELEMENTS."""
-    step = max(1, DISTANCE_ELEMENTS // max(len(centers), block.shape[1]))
-    for offset in range(0, block.shape[0], step):
-        rows = block[offset : offset + step]
-        labels, d2 = nearest_center(rows, centers)
-        yield offset, rows, labels, d2
-
-
-def _check_finite(block, row_start: int) -> None:
-    """``check_finite_block``'s error, without its (rows x features) temporary on clean blocks."""
-    step = max(1, DISTANCE_ELEMENTS // block.shape[1])
-    if not all(np.isfinite(block[start : start + step]).all() for start in range(0, block.shape[0], step)):
-        check_finite_block(block, row_start)
+def _check_finite(slab, row_start: int) -> None:
+    """``check_finite_block``'s error, without its (rows x features) temporary on clean slabs."""
+    step = tile_rows(slab.shape[1])
+    if not all(np.isfinite(slab[start : start + step]).all() for start in range(0, slab.shape[0], step)):
+        check_finite_block(slab, row_start)
 
 
 def _empty(n_features: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return np.zeros(0), np.zeros(0, dtype=np.int64), np.zeros((0, n_features))
 
 
-def _prune(selection: Selection, oversampling: float) -> Selection:
+def _prune(selection: RoundDraws, oversampling: float) -> RoundDraws:
     """Drop the rows whose key cannot beat phi / l: ``phi`` here never exceeds the total."""
     keep = selection.keys > selection.phi / oversampling
-    return Selection(selection.phi, selection.keys[keep], selection.index[keep], selection.rows[keep])
+    return RoundDraws(selection.phi, selection.keys[keep], selection.index[keep], selection.rows[keep])
 
 
-def _round_block(block, row_start: int, request: RoundRequest, oversampling: float) -> list[Selection]:
-    """One block of a round: per seed, its rows with ``d^2 / u > phi_block / l`` and ``phi_block``.
-    The block is pruned piece by piece first (a piece's phi is a lower bound too), so memory
-    holds one piece's temporaries, not the block's."""
+def _round_slab(slab, row_start: int, request: RoundRequest, oversampling: float) -> list[RoundDraws]:
+    """One slab of a round: per seed, its rows with ``d^2 / u > phi_slab / l`` and ``phi_slab``.
+    The slab is pruned tile by tile first (a tile's phi is a lower bound too), so memory
+    holds one tile's temporaries, not the slab's."""
     if request.round == 1:
-        _check_finite(block, row_start)
+        _check_finite(slab, row_start)
     selections = []
     for seed, centers in zip(request.seeds, request.candidates):
-        kept = Selection(0.0, *_empty(block.shape[1]))
-        for offset, rows, _, d2 in _pieces(block, centers):
+        kept = RoundDraws(0.0, *_empty(slab.shape[1]))
+        for offset, _, d2 in nearest_tiles(slab, centers):
+            rows = slab[offset : offset + len(d2)]
             u = 1.0 - row_uniforms(seed, ROUND_STREAM + request.round, row_start + offset, len(rows))[:, 0]  # (0, 1]
             keys = d2 / u
             keep = np.flatnonzero(keys > d2.sum() / oversampling)
-            piece = Selection(float(d2.sum()), keys[keep], row_start + offset + keep,
+            tile = RoundDraws(float(d2.sum()), keys[keep], row_start + offset + keep,
                               np.asarray(rows[keep], dtype=np.float64))
-            (kept,) = _merge_selections([[kept], [piece]], oversampling)  # about l rows kept, not l per piece
+            (kept,) = _merge_selections([[kept], [tile]], oversampling)  # about l rows kept, not l per tile
         selections.append(kept)
     return selections
 
 
-def _merge_selections(parts: list[list[Selection]], oversampling: float) -> list[Selection]:
+def _merge_selections(parts: list[list[RoundDraws]], oversampling: float) -> list[RoundDraws]:
     """Add the partial phis (a sum of non-negative terms never decreases) and prune again."""
     merged = []
     for per_seed in zip(*parts, strict=True):
         phi = float(np.sum([part.phi for part in per_seed]))
         columns = (np.concatenate(column) for column in zip(*(part[1:] for part in per_seed)))
-        merged.append(_prune(Selection(phi, *columns), oversampling))
+        merged.append(_prune(RoundDraws(phi, *columns), oversampling))
     return merged
 
 
-def _pick_row(block, row_start: int, offset: int) -> np.ndarray:
+def _pick_row(slab, row_start: int, offset: int) -> np.ndarray:
     """Row ``row_start + offset``, as float64, after the same finite check as every pass."""
-    check_finite_block(block, row_start)
-    return np.asarray(block[offset], dtype=np.float64)[None, :]
+    check_finite_block(slab, row_start)
+    return np.asarray(slab[offset], dtype=np.float64)[None, :]
 
 
 def first_center_rows(n_rows: int, seeds: Sequence[int]) -> list[int]:
@@ -160,14 +148,14 @@ def first_center_rows(n_rows: int, seeds: Sequence[int]) -> list[int]:
 
 
 def first_centers(X: da.Array, seeds: Sequence[int], *, name: str) -> list[np.ndarray]:
-    """Each seed's first centre, (1, D), read by one task per seed from the block that holds it:
-    one compute that reads at most ``len(seeds)`` blocks, and sends only the rows to the client."""
-    starts = block_row_starts(X)
-    blocks = X.to_delayed(optimize_graph=False).ravel()
+    """Each seed's first centre, (1, D), read by one task per seed from the slab that holds it:
+    one compute that reads at most ``len(seeds)`` slabs, and sends only the rows to the client."""
+    starts = slab_row_starts(X)
+    slabs = X.to_delayed(optimize_graph=False).ravel()
     picks = []
     for number, row in enumerate(first_center_rows(X.shape[0], seeds)):
-        block = int(np.searchsorted(starts, row, side="right")) - 1  # the last block starting at or before row
-        picks.append(dask.delayed(_pick_row, pure=True)(blocks[block], starts[block], row - starts[block],
+        slab = int(np.searchsorted(starts, row, side="right")) - 1  # the last slab starting at or before row
+        picks.append(dask.delayed(_pick_row, pure=True)(slabs[slab], starts[slab], row - starts[slab],
                                                        dask_key_name=(name, number)))
     return list(dask.compute(*picks))
 
@@ -191,7 +179,7 @@ def _best_distinct(keys, index, rows, size: int) -> tuple[np.ndarray, np.ndarray
         taken *= 2
 
 
-def _weight_block(block, row_start: int, request: WeightRequest) -> list[tuple]:
+def _weight_slab(slab, row_start: int, request: WeightRequest) -> list[tuple]:
     """Per seed: rows nearest each candidate, phi, and (if asked) a D^2-weighted sample of uncovered rows.
 
     The sample keeps the smallest keys ``-log(u) / d^2`` (Efraimidis-Spirakis): weighted sampling
@@ -199,8 +187,9 @@ def _weight_block(block, row_start: int, request: WeightRequest) -> list[tuple]:
     """
     out = []
     for seed, centers, size in zip(request.seeds, request.candidates, request.fallback_sizes):
-        counts, phi, samples = np.zeros(len(centers), dtype=np.int64), 0.0, [_empty(block.shape[1])]
-        for offset, rows, labels, d2 in _pieces(block, centers):
+        counts, phi, samples = np.zeros(len(centers), dtype=np.int64), 0.0, [_empty(slab.shape[1])]
+        for offset, labels, d2 in nearest_tiles(slab, centers):
+            rows = slab[offset : offset + len(d2)]
             counts += np.bincount(labels, minlength=len(centers))
             phi += float(d2.sum())
             if size:
@@ -260,7 +249,7 @@ def kmeans_parallel(
     active = list(range(len(seeds)))
     for round_ in range(1, n_rounds + 1):
         request = RoundRequest(tuple(seeds[i] for i in active), tuple(candidates[i] for i in active), round_)
-        selections = map_reduce(X, partial(_round_block, oversampling=oversampling), request,
+        selections = map_reduce(X, partial(_round_slab, oversampling=oversampling), request,
                                 name=f"{name}-round{round_}", fan_in=fan_in,
                                 combine=partial(_merge_selections, oversampling=oversampling))
         ran = list(active)
@@ -282,7 +271,7 @@ def kmeans_parallel(
     if needs:
         fallback_sizes = tuple(max(0, n_clusters - len(candidates[i])) for i in needs)
         request = WeightRequest(tuple(seeds[i] for i in needs), tuple(candidates[i] for i in needs), fallback_sizes)
-        counted = dict(zip(needs, map_reduce(X, _weight_block, request, name=f"{name}-weights", fan_in=fan_in,
+        counted = dict(zip(needs, map_reduce(X, _weight_slab, request, name=f"{name}-weights", fan_in=fan_in,
                                              combine=partial(_merge_weights, sizes=fallback_sizes))))
         logger.info("k-means|| candidates %s, their cost %s", [len(candidates[i]) for i in needs],
                     [float(f"{counted[i][1]:.6g}") for i in needs])
