@@ -58,6 +58,8 @@ def build_parser() -> argparse.ArgumentParser:
     run = command("run", "Fit the model a config describes and write model/, predictions.zarr and run.json.", _run)
     config_arguments(run)
     run.add_argument("--no-progress", action="store_true", help="no progress bars over chunks")
+    run.add_argument("--restart", action="store_true",
+                     help="start afresh: discard the checkpoint an earlier, interrupted run of this output left")
 
     check = command("validate", "Check a config and open its data (shape, dtype, chunks) without fitting.", _validate)
     config_arguments(check)
@@ -106,7 +108,7 @@ def _run(args) -> int:
     from daskem.pipeline.run import run
 
     config = load_config(args.config, args.overrides)
-    result = run(config, progress=not args.no_progress)
+    result = run(config, progress=not args.no_progress, restart=args.restart)
     print(result.output)
     return 0
 

@@ -16,6 +16,7 @@ from typing import Any, Protocol, Sequence
 import dask.array as da
 import numpy as np
 
+from daskem.engine.checkpoint import Checkpoint, checkpointable
 from daskem.engine.reduction import DEFAULT_FAN_IN, map_reduce
 from daskem.kernels.stats import SuffStats, merge_candidates
 from daskem.kernels.tiles import check_finite_block
@@ -65,6 +66,7 @@ def candidate_stats(slab: np.ndarray, row_start: int, payload: SlabPayload) -> t
     return tuple(family.chunk_stats(slab, params) for family, params in zip(payload.families, payload.params))
 
 
+@checkpointable
 @dataclass
 class EMResult:
     """The outcome of one candidate's fit."""
@@ -87,47 +89,69 @@ def run_em(
     run_id: str,
     fan_in: int = DEFAULT_FAN_IN,
     labels: Sequence[str] | None = None,
+    checkpoint: Checkpoint | None = None,
+    stage: str = "em",
 ) -> list[EMResult]:
     """Fit every candidate ``(family, params)`` by EM, all advancing in the same pass over ``X``.
 
     A candidate stops when its family's convergence rule holds or after ``max_iter`` M-steps;
     the others go on without it. Rows are checked for NaN and infinity during the first pass.
+    With a ``checkpoint``, the state after every M-step is saved as ``stage``, and a saved state is
+    resumed from: the passes already made are not made again, and the results are the same bits.
     """
     labels = list(labels) if labels is not None else [f"candidate {i}" for i in range(len(families))]
-    results = [EMResult(params, np.nan) for params in initial_params]
-    active = list(range(len(families)))
-    for iteration in range(1, max_iter + 1):
-        started = time.perf_counter()
-        all_stats = em_pass(X, families, results, active, name=f"{run_id}-iter{iteration}",
-                            check_finite=iteration == 1, fan_in=fan_in)
-        seconds = time.perf_counter() - started
-        for index, stats in zip(list(active), all_stats):
-            family, result = families[index], results[index]
-            objective = family.objective(stats)
-            previous = result.history[-1] if result.history else None
-            result.history.append(objective)
-            result.seconds.append(seconds)
-            result.objective = objective
-            change = np.nan if previous is None else objective - previous
-            result.converged = previous is not None and family.has_converged(previous, objective, tol)
-            if not (result.converged and family.reports_objective_of_returned_params):
-                result.params = family.update(stats, result.params)
-                result.n_iter = iteration
-            logger.info("%s iteration %d: objective %.10g, change %+.3e, %.2f s",
-                        labels[index], iteration, objective, change, seconds)
-            if result.converged:
-                active.remove(index)
-                logger.info("%s converged after %d iterations", labels[index], result.n_iter)
-        if not active:
+    state = checkpoint.load(stage) if checkpoint is not None else None
+    if state is None:
+        state = {"iteration": 0, "results": [EMResult(params, np.nan) for params in initial_params],
+                 "active": list(range(len(families))), "done": False}
+    elif not state["done"]:
+        logger.info("%s: resuming from iteration %d of at most %d", stage, state["iteration"], max_iter)
+    results, active = state["results"], state["active"]
+    for iteration in range(state["iteration"] + 1, max_iter + 1):
+        if state["done"] or not active:
             break
-    unscored = [i for i in active if families[i].reports_objective_of_returned_params]
-    if unscored:
-        final_stats = em_pass(X, families, results, unscored, name=f"{run_id}-final", fan_in=fan_in)
-        for index, stats in zip(unscored, final_stats):
-            results[index].objective = families[index].objective(stats)
-    for index in active:
-        logger.info("%s stopped at max_iter=%d without converging", labels[index], max_iter)
+        _iterate(X, families, results, active, iteration, labels, tol=tol, fan_in=fan_in,
+                 name=f"{run_id}-iter{iteration}")
+        _save(checkpoint, stage, iteration, results, active, done=False)
+    if not state["done"]:
+        unscored = [i for i in active if families[i].reports_objective_of_returned_params]
+        if unscored:
+            final_stats = em_pass(X, families, results, unscored, name=f"{run_id}-final", fan_in=fan_in)
+            for index, stats in zip(unscored, final_stats):
+                results[index].objective = families[index].objective(stats)
+        for index in active:
+            logger.info("%s stopped at max_iter=%d without converging", labels[index], max_iter)
+        _save(checkpoint, stage, max_iter, results, active, done=True)
     return results
+
+
+def _iterate(X, families, results, active, iteration, labels, *, tol, fan_in, name) -> None:
+    """One EM iteration of the ``active`` candidates: one pass, then each M-step; converged ones leave ``active``."""
+    started = time.perf_counter()
+    all_stats = em_pass(X, families, results, active, name=name, check_finite=iteration == 1, fan_in=fan_in)
+    seconds = time.perf_counter() - started
+    for index, stats in zip(list(active), all_stats):
+        family, result = families[index], results[index]
+        objective = family.objective(stats)
+        previous = result.history[-1] if result.history else None
+        result.history.append(objective)
+        result.seconds.append(seconds)
+        result.objective = objective
+        change = np.nan if previous is None else objective - previous
+        result.converged = previous is not None and family.has_converged(previous, objective, tol)
+        if not (result.converged and family.reports_objective_of_returned_params):
+            result.params = family.update(stats, result.params)
+            result.n_iter = iteration
+        logger.info("%s iteration %d: objective %.10g, change %+.3e, %.2f s",
+                    labels[index], iteration, objective, change, seconds)
+        if result.converged:
+            active.remove(index)
+            logger.info("%s converged after %d iterations", labels[index], result.n_iter)
+
+
+def _save(checkpoint, stage, iteration, results, active, *, done: bool) -> None:
+    if checkpoint is not None:
+        checkpoint.save(stage, {"iteration": iteration, "results": results, "active": list(active), "done": done})
 
 
 def em_pass(X, families, results, active, *, name, fan_in, check_finite=False) -> tuple[SuffStats, ...]:

@@ -11,8 +11,11 @@ after a lost worker gives the same bits.
 from __future__ import annotations
 
 import uuid
+from collections import Counter
+from contextlib import contextmanager
+from contextvars import ContextVar
 from itertools import accumulate
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import dask
 import dask.array as da
@@ -20,6 +23,10 @@ import numpy as np
 from dask.delayed import Delayed
 
 DEFAULT_FAN_IN = 8
+
+# Passes over the data (calls of ``map_reduce``) counted by step, while ``counting_passes`` is active.
+_pass_counts: ContextVar[Counter | None] = ContextVar("daskem_pass_counts", default=None)
+_current_step: ContextVar[str] = ContextVar("daskem_step", default="other")
 
 
 def new_run_id(kind: str) -> str:
@@ -67,9 +74,37 @@ def reduction_graph(
 
 
 def map_reduce(X: da.Array, kernel, payload, *, name: str, combine, fan_in: int = DEFAULT_FAN_IN) -> Any:
-    """Compute :func:`reduction_graph` and return its root: one compute, on the active distributed
-    client if there is one, else on Dask's local scheduler."""
+    """Compute :func:`reduction_graph` and return its root: one compute (one pass over the data), on
+    the active distributed client if there is one, else on Dask's local scheduler."""
     root = reduction_graph(X, kernel, payload, name=name, combine=combine, fan_in=fan_in)
     (result,) = dask.compute(root)
+    counts = _pass_counts.get()
+    if counts is not None:
+        counts[_current_step.get()] += 1
     return result
+
+
+@contextmanager
+def counting_passes() -> Iterator[Counter]:
+    """Count the passes over the data made inside the block, by step (see :func:`step`); nested
+    counters each see the passes made inside them."""
+    outer = _pass_counts.get()
+    counts: Counter = Counter()
+    token = _pass_counts.set(counts)
+    try:
+        yield counts
+    finally:
+        _pass_counts.reset(token)
+        if outer is not None:
+            outer.update(counts)
+
+
+@contextmanager
+def step(name: str) -> Iterator[None]:
+    """Count the passes made inside the block as step ``name`` (init, em, scoring, outputs, ...)."""
+    token = _current_step.set(name)
+    try:
+        yield
+    finally:
+        _current_step.reset(token)
 

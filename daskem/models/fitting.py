@@ -1,14 +1,34 @@
 """The fit skeleton every estimator shares: start every candidate, run EM on all restarts in the same
-passes, and keep the best restart of each candidate."""
+passes, keep the best restart of each candidate; checkpointed and pass-counted throughout."""
 
 from __future__ import annotations
 
-from typing import Sequence
+import hashlib
+from collections import Counter
+from dataclasses import dataclass, replace
+from typing import Any, Sequence
 
 import dask.array as da
+import numpy as np
+from sklearn.utils import check_random_state
 
+from daskem.engine.checkpoint import Checkpoint, identity_of_array
 from daskem.engine.em import EMResult, run_em
+from daskem.engine.reduction import counting_passes, step
 from daskem.models.initialization import Candidate, InitSpec, initial_params
+
+# The checkpoint stage that records the seed a fit drew when its random_state was not an int.
+SEED_STAGE = "random_state"
+# Estimator parameters that do not change what a fit computes, left out of a checkpoint's identity.
+NOT_IDENTITY = ("checkpoint", "warm_start")
+
+
+@dataclass
+class FitOutcome:
+    """Every restart's EM result, one list per candidate, and the passes over the data by step."""
+
+    results: list[list[EMResult]]
+    passes: Counter
 
 
 def fit_restarts(
@@ -20,25 +40,76 @@ def fit_restarts(
     max_iter: int,
     tol: float,
     run_id: str,
-) -> list[list[EMResult]]:
-    """EM results of every restart of every candidate (one list per candidate), all advancing in the
-    same passes over ``X``. ``labels`` name the candidates in the log ("K=4 full restart 1")."""
-    starts = initial_params(X, candidates, spec, name=f"{run_id}-init")
-    families, initial, restart_labels, owners = [], [], [], []
-    for index, (candidate, label, candidate_starts) in enumerate(zip(candidates, labels, starts, strict=True)):
-        for restart, start in enumerate(candidate_starts):
-            families.append(candidate.family)
-            initial.append(start)
-            restart_labels.append(f"{label} restart {restart}" if len(candidate_starts) > 1 else label)
-            owners.append(index)
-    results = run_em(X, families, initial, max_iter=max_iter, tol=tol, run_id=run_id, fan_in=spec.fan_in,
-                     labels=restart_labels)
+    checkpoint: Checkpoint | None = None,
+) -> FitOutcome:
+    """EM results of every restart of every candidate, all advancing in the same passes over ``X``.
+
+    ``labels`` name the candidates in the log ("K=4 full"); restarts add " restart r". With a
+    ``checkpoint``, initialization and every EM iteration are saved and a saved state is resumed.
+    """
+    with counting_passes() as passes:
+        with step("init"):
+            starts = initial_params(X, candidates, spec, name=f"{run_id}-init", checkpoint=checkpoint)
+        families, initial, restart_labels, owners = [], [], [], []
+        for index, (candidate, label, candidate_starts) in enumerate(zip(candidates, labels, starts, strict=True)):
+            for restart, start in enumerate(candidate_starts):
+                families.append(candidate.family)
+                initial.append(start)
+                restart_labels.append(f"{label} restart {restart}" if len(candidate_starts) > 1 else label)
+                owners.append(index)
+        with step("em"):
+            results = run_em(X, families, initial, max_iter=max_iter, tol=tol, run_id=run_id, fan_in=spec.fan_in,
+                             labels=restart_labels, checkpoint=checkpoint)
     grouped: list[list[EMResult]] = [[] for _ in candidates]
     for owner, result in zip(owners, results):
         grouped[owner].append(result)
-    return grouped
+    return FitOutcome(grouped, passes)
 
 
 def best_restart(candidate: Candidate, results: Sequence[EMResult]) -> EMResult:
     """The restart its family ranks best (the highest log-likelihood, the lowest inertia)."""
     return results[candidate.family.best([result.objective for result in results])]
+
+
+def open_checkpoint(value, what: str, params: dict[str, Any], X: da.Array,
+                    spec: InitSpec) -> tuple[Checkpoint | None, InitSpec]:
+    """The ``checkpoint`` parameter ``value`` (None, a path, or a ``Checkpoint`` its caller owns) opened
+    for the fit ``what`` with these ``params`` on ``X``, and ``spec`` with a seed that a resumed fit
+    draws again: an int ``random_state`` as it is, otherwise one seed drawn now and saved."""
+    if value is None:
+        return None, spec
+    checkpoint = value if isinstance(value, Checkpoint) else Checkpoint(str(value))
+    identity = {"fit": what, **identity_of_array(X),
+                **{key: _identity_value(v) for key, v in params.items() if key not in NOT_IDENTITY}}
+    checkpoint = checkpoint.with_identity(**identity)
+    seed = checkpoint.load(SEED_STAGE)
+    if seed is None:
+        random_state = spec.random_state
+        seed = random_state if isinstance(random_state, (int, np.integer)) else int(
+            check_random_state(random_state).randint(np.iinfo(np.int32).max))
+        checkpoint.save(SEED_STAGE, int(seed))
+    return checkpoint, replace(spec, random_state=int(seed))
+
+
+def close_checkpoint(value, checkpoint: Checkpoint | None) -> None:
+    """Remove the checkpoint of a finished fit, unless it belongs to the caller (``value`` is a
+    ``Checkpoint`` object, as the pipeline passes, which removes it once the outputs are written)."""
+    if checkpoint is not None and not isinstance(value, Checkpoint):
+        checkpoint.remove()
+
+
+def _identity_value(value: Any) -> Any:
+    """A parameter as a comparable JSON value; arrays by their contents' hash."""
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    if isinstance(value, (np.integer, np.floating)):
+        return value.item()
+    if isinstance(value, (list, tuple)) and all(isinstance(v, (str, int)) for v in value):
+        return list(value)
+    if isinstance(value, (np.random.RandomState, np.random.Generator)):
+        return type(value).__name__  # its draws are saved in the checkpoint instead
+    try:
+        array = np.ascontiguousarray(value, dtype=np.float64)
+    except (TypeError, ValueError):
+        return repr(value)
+    return {"shape": list(array.shape), "sha256": hashlib.sha256(array.tobytes()).hexdigest()[:16]}

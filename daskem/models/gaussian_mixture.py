@@ -22,7 +22,7 @@ from daskem.models.families import (
     GMMParams,
     information_criteria,
 )
-from daskem.models.fitting import best_restart, fit_restarts
+from daskem.models.fitting import best_restart, close_checkpoint, fit_restarts, open_checkpoint
 from daskem.models.initialization import Candidate, ExplicitStart, InitSpec
 from daskem.models.parameters import SHARED_PARAMETER_CONSTRAINTS
 
@@ -78,6 +78,11 @@ class GaussianMixture(DensityMixin, BaseEstimator):
         (daskem) k-means||: about ``oversampling_factor * n_components`` candidates drawn per round.
     init_rounds : int, default=5
         (daskem) k-means||: rounds of candidate draws, one pass over the data each.
+    warm_start : bool, default=False
+        As in scikit-learn: a refit starts from the last fit's solution, with one initialization.
+    checkpoint : str or None, default=None
+        (daskem) Path (or fsspec URL) of a checkpoint file written after every pass; a fit of the
+        same parameters on the same data resumes from it, bit for bit, and removes it when done.
 
     Attributes
     ----------
@@ -94,6 +99,8 @@ class GaussianMixture(DensityMixin, BaseEstimator):
         ``lower_bound_`` at every iteration.
     iteration_seconds_ : list of float
         (daskem) Wall-clock seconds of every iteration.
+    n_passes_ : int
+        (daskem) Reads of the data by the fit, initialization included.
     n_features_in_ : int
     """
 
@@ -126,6 +133,8 @@ class GaussianMixture(DensityMixin, BaseEstimator):
         init_sample_size=100_000,
         oversampling_factor=2.0,
         init_rounds=5,
+        warm_start=False,
+        checkpoint=None,
     ):
         self.n_components = n_components
         self.covariance_type = covariance_type
@@ -142,15 +151,20 @@ class GaussianMixture(DensityMixin, BaseEstimator):
         self.init_sample_size = init_sample_size
         self.oversampling_factor = oversampling_factor
         self.init_rounds = init_rounds
+        self.warm_start = warm_start
+        self.checkpoint = checkpoint
 
     # ------------------------------------------------------------------ fitting
     def fit(self, X, y=None):
         """Fit the mixture to ``X`` (NumPy or a Dask array chunked along rows)."""
         X = as_row_blocks(X, min_rows=self.n_components)
         candidate, spec = mixture_start(self, X.shape[1])
-        (results,) = fit_restarts(X, [candidate], spec, labels=["gmm"], max_iter=self.max_iter, tol=self.tol,
-                                  run_id=new_run_id("gmm"))
-        set_fitted(self, best_restart(candidate, results), X.shape[1])
+        checkpoint, spec = open_checkpoint(self.checkpoint, "GaussianMixture", self.get_params(deep=False), X, spec)
+        outcome = fit_restarts(X, [candidate], spec, labels=["gmm"], max_iter=self.max_iter, tol=self.tol,
+                               run_id=new_run_id("gmm"), checkpoint=checkpoint)
+        set_fitted(self, best_restart(candidate, outcome.results[0]), X.shape[1])
+        self.n_passes_ = sum(outcome.passes.values())
+        close_checkpoint(self.checkpoint, checkpoint)
         if not self.converged_:
             warnings.warn(
                 f"GaussianMixture did not converge in {self.max_iter} iterations (tol={self.tol}): "
@@ -223,10 +237,15 @@ def mixture_start(estimator: GaussianMixture, n_features: int) -> tuple[Candidat
     values checked once) with how to start it; ``fit`` and ``fit_candidates`` share it."""
     estimator._validate_params()
     family = estimator._family()
-    explicit = ExplicitStart.of(estimator.n_components, n_features, weights=estimator.weights_init,
-                                means=estimator.means_init, precisions=estimator.precisions_init,
-                                covariance=family.covariance)
-    spec = InitSpec(INIT_PARAMS[estimator.init_params], estimator.random_state, estimator.n_init,
+    warm = estimator.warm_start and hasattr(estimator, "converged_")
+    if warm:  # scikit-learn's warm start: the last fit's solution, one initialization
+        explicit = ExplicitStart(estimator.weights_, estimator.means_, estimator.precisions_cholesky_,
+                                 estimator.covariances_)
+    else:
+        explicit = ExplicitStart.of(estimator.n_components, n_features, weights=estimator.weights_init,
+                                    means=estimator.means_init, precisions=estimator.precisions_init,
+                                    covariance=family.covariance)
+    spec = InitSpec(INIT_PARAMS[estimator.init_params], estimator.random_state, 1 if warm else estimator.n_init,
                     estimator.init_sample_size, estimator.oversampling_factor, estimator.init_rounds, estimator.fan_in)
     return Candidate(family, estimator.n_components, explicit), spec
 

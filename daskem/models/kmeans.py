@@ -16,7 +16,7 @@ from daskem.data.checks import as_row_blocks
 from daskem.engine.per_row import apply_rows
 from daskem.engine.reduction import new_run_id
 from daskem.models.families import KMeansFamily, KMeansParams
-from daskem.models.fitting import best_restart, fit_restarts
+from daskem.models.fitting import best_restart, close_checkpoint, fit_restarts, open_checkpoint
 from daskem.models.initialization import Candidate, ExplicitStart, InitSpec
 from daskem.models.parameters import SHARED_PARAMETER_CONSTRAINTS
 
@@ -62,6 +62,12 @@ class KMeans(ClusterMixin, TransformerMixin, BaseEstimator):
         (daskem) k-means||: about ``oversampling_factor * n_clusters`` candidates drawn per round.
     init_rounds : int, default=5
         (daskem) k-means||: rounds of candidate draws, one pass over the data each.
+    warm_start : bool, default=False
+        A refit starts from the last fit's centres, with one initialization (as scikit-learn's
+        ``GaussianMixture`` does).
+    checkpoint : str or None, default=None
+        (daskem) Path (or fsspec URL) of a checkpoint file written after every pass; a fit of the
+        same parameters on the same data resumes from it, bit for bit, and removes it when done.
 
     Attributes
     ----------
@@ -75,6 +81,8 @@ class KMeans(ClusterMixin, TransformerMixin, BaseEstimator):
         (daskem) The inertia at every iteration.
     iteration_seconds_ : list of float
         (daskem) Wall-clock seconds of every iteration.
+    n_passes_ : int
+        (daskem) Reads of the data by the fit, initialization included.
     n_features_in_ : int
     """
 
@@ -97,6 +105,8 @@ class KMeans(ClusterMixin, TransformerMixin, BaseEstimator):
         init_sample_size=100_000,
         oversampling_factor=2.0,
         init_rounds=5,
+        warm_start=False,
+        checkpoint=None,
     ):
         self.n_clusters = n_clusters
         self.init = init
@@ -108,19 +118,24 @@ class KMeans(ClusterMixin, TransformerMixin, BaseEstimator):
         self.init_sample_size = init_sample_size
         self.oversampling_factor = oversampling_factor
         self.init_rounds = init_rounds
+        self.warm_start = warm_start
+        self.checkpoint = checkpoint
 
     def fit(self, X, y=None):
         """Fit the centres to ``X`` (NumPy or a Dask array chunked along rows)."""
         self._validate_params()
         X = as_row_blocks(X, min_rows=self.n_clusters, what="n_clusters")
-        explicit = None if isinstance(self.init, str) else self.init
+        warm = self.warm_start and hasattr(self, "cluster_centers_")
+        explicit = self.cluster_centers_ if warm else (None if isinstance(self.init, str) else self.init)
         candidate = Candidate(KMeansFamily(), self.n_clusters,
                               ExplicitStart.of(self.n_clusters, X.shape[1], means=explicit, means_name="init"))
         spec = InitSpec(INIT_METHODS.get(self.init) if explicit is None else None, self.random_state, self.n_init,
                         self.init_sample_size, self.oversampling_factor, self.init_rounds, self.fan_in)
-        (results,) = fit_restarts(X, [candidate], spec, labels=["k-means"], max_iter=self.max_iter, tol=self.tol,
-                                  run_id=new_run_id("kmeans"))
-        best = best_restart(candidate, results)
+        checkpoint, spec = open_checkpoint(self.checkpoint, "KMeans", self.get_params(deep=False), X, spec)
+        outcome = fit_restarts(X, [candidate], spec, labels=["k-means"], max_iter=self.max_iter, tol=self.tol,
+                               run_id=new_run_id("kmeans"), checkpoint=checkpoint)
+        best = best_restart(candidate, outcome.results[0])
+        self.n_passes_ = sum(outcome.passes.values())
         self.cluster_centers_ = best.params.centers
         self.inertia_ = float(best.objective)
         self.n_iter_ = best.n_iter
@@ -128,6 +143,7 @@ class KMeans(ClusterMixin, TransformerMixin, BaseEstimator):
         self.history_ = list(best.history)
         self.iteration_seconds_ = list(best.seconds)
         self.n_features_in_ = X.shape[1]
+        close_checkpoint(self.checkpoint, checkpoint)
         if not self.converged_:
             warnings.warn(
                 f"KMeans did not converge in {self.max_iter} iterations (tol={self.tol}): raise max_iter or tol",

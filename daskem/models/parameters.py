@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import os
 from numbers import Integral, Real
 
 from sklearn.utils._param_validation import Interval
+
+from daskem.engine.checkpoint import Checkpoint
 
 # The parameter rules both estimators share: iterations, restarts, seeds and the engine's settings.
 SHARED_PARAMETER_CONSTRAINTS = {
@@ -16,5 +19,7 @@ SHARED_PARAMETER_CONSTRAINTS = {
     "init_sample_size": [Interval(Integral, 1, None, closed="left")],
     "oversampling_factor": [Interval(Real, 0.0, None, closed="neither")],
     "init_rounds": [Interval(Integral, 1, None, closed="left")],
+    "warm_start": ["boolean"],
+    "checkpoint": [str, os.PathLike, Checkpoint, None],
 }
 

@@ -15,14 +15,16 @@ from typing import Sequence
 
 from daskem.data.checks import as_row_blocks
 from daskem.engine.em import em_pass
-from daskem.engine.reduction import new_run_id
+from daskem.engine.reduction import counting_passes, new_run_id, step
 from daskem.models.families import information_criteria
-from daskem.models.fitting import fit_restarts
+from daskem.models.fitting import close_checkpoint, fit_restarts, open_checkpoint
 from daskem.models.gaussian_mixture import GaussianMixture, mixture_start, set_fitted
 
 logger = logging.getLogger("daskem")
 
 CRITERIA = ("bic", "aic", "loglik")
+# The checkpoint stage of the scoring pass.
+SCORE_STAGE = "score"
 
 
 @dataclass(frozen=True)
@@ -63,6 +65,7 @@ def fit_candidates(
     covariance_types: Sequence[str] = ("full",),
     n_init: int = 1,
     criterion: str = "bic",
+    checkpoint=None,
     **params,
 ) -> SelectionResult:
     """Fit a mixture for every (n_components, covariance type, restart) in shared passes; pick the best.
@@ -70,7 +73,7 @@ def fit_candidates(
     ``params`` are the other :class:`daskem.GaussianMixture` parameters, common to all candidates.
     Initial centres are computed once per number of components and one pass turns them into
     initial parameters for every candidate; the EM iterations and the final scoring pass are
-    shared by all candidates.
+    shared by all candidates. ``checkpoint`` (a path) saves every pass and resumes a fit killed midway.
     """
     if criterion not in CRITERIA:
         raise ValueError(f"unknown criterion {criterion!r}: choose one of {', '.join(map(repr, CRITERIA))}")
@@ -82,16 +85,19 @@ def fit_candidates(
     starts = [mixture_start(estimator, X.shape[1]) for estimator in estimators]
     candidates = [candidate for candidate, _ in starts]
     first, spec = estimators[0], starts[0][1]  # the parameters but n_components and covariance_type are shared
+    grid = dict(n_components=list(n_components), covariance_types=list(covariance_types), n_init=n_init,
+                criterion=criterion, **params)
+    checkpoint_file, spec = open_checkpoint(checkpoint, "fit_candidates", grid, X, spec)
     run_id = new_run_id("select")
-    grouped = fit_restarts(X, candidates, spec, max_iter=first.max_iter, tol=first.tol, run_id=run_id,
-                           labels=[f"K={e.n_components} {e.covariance_type}" for e in estimators])
+    outcome = fit_restarts(X, candidates, spec, max_iter=first.max_iter, tol=first.tol, run_id=run_id,
+                           labels=[f"K={e.n_components} {e.covariance_type}" for e in estimators],
+                           checkpoint=checkpoint_file)
     owners = [(estimator, candidate, restart, result) for estimator, candidate, results in
-              zip(estimators, candidates, grouped) for restart, result in enumerate(results)]
-    final = em_pass(X, [c.family for _, c, _, _ in owners], [r for *_, r in owners], list(range(len(owners))),
-                    name=f"{run_id}-score", fan_in=first.fan_in)
+              zip(estimators, candidates, outcome.results) for restart, result in enumerate(results)]
+    with counting_passes() as scoring, step("scoring"):
+        log_likelihoods = _scores(X, owners, name=f"{run_id}-score", fan_in=first.fan_in, checkpoint=checkpoint_file)
     table = []
-    for (estimator, candidate, restart, result), stats in zip(owners, final):
-        log_likelihood = candidate.family.objective(stats)
+    for (estimator, candidate, restart, result), log_likelihood in zip(owners, log_likelihoods):
         n_parameters = candidate.family.n_parameters(X.shape[1], result.params)
         bic, aic = information_criteria(log_likelihood, X.shape[0], n_parameters)
         table.append(CandidateSummary(estimator.n_components, estimator.covariance_type, restart, log_likelihood,
@@ -99,9 +105,24 @@ def fit_candidates(
     order = sorted(range(len(table)), key=lambda i: _score(table[i], criterion))
     best_estimator, _, _, best_result = owners[order[0]]
     set_fitted(best_estimator, best_result, X.shape[1])
+    best_estimator.n_passes_ = sum(outcome.passes.values()) + sum(scoring.values())
     ranked = [table[i] for i in order]
     _log_table(ranked, criterion)
+    close_checkpoint(checkpoint, checkpoint_file)
     return SelectionResult(best_estimator, criterion, ranked)
+
+
+def _scores(X, owners, *, name: str, fan_in: int, checkpoint) -> list[float]:
+    """The mean log-likelihood of every restart's returned parameters: one pass for all (saved)."""
+    saved = checkpoint.load(SCORE_STAGE) if checkpoint is not None else None
+    if saved is not None:
+        return saved
+    families = [candidate.family for _, candidate, _, _ in owners]
+    final = em_pass(X, families, [result for *_, result in owners], list(range(len(owners))), name=name, fan_in=fan_in)
+    scores = [family.objective(stats) for family, stats in zip(families, final)]
+    if checkpoint is not None:
+        checkpoint.save(SCORE_STAGE, scores)
+    return scores
 
 
 def _log_table(table: list[CandidateSummary], criterion: str) -> None:

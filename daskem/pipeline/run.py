@@ -18,8 +18,9 @@ from pathlib import Path
 from typing import Any
 
 from daskem.data.stores import DataSource, open_data
+from daskem.engine.reduction import counting_passes, step
 from daskem.errors import ConfigError, DataError
-from daskem.models.preprocessing import PreprocessedModel, fit_preprocessing
+from daskem.models.preprocessing import PreprocessedModel
 from daskem.outputs.model_files import load_model, save_model
 from daskem.outputs.predictions import write_predictions
 from daskem.outputs.records import package_versions, write_json
@@ -32,8 +33,12 @@ from daskem.pipeline.cluster import (
 )
 from daskem.pipeline.config import DaskemConfig, PredictConfig
 from daskem.pipeline.progress import ProgressBars
+from daskem.pipeline.resume import resume_preprocessing, resume_slabs, run_checkpoint
 
 logger = logging.getLogger("daskem")
+
+# The steps whose passes over the data run.json counts (see ``daskem.engine.reduction.step``).
+PASS_STEPS = ("init", "em", "scoring", "outputs")
 
 
 @dataclass(frozen=True)
@@ -96,14 +101,14 @@ def build_estimator(model):
     )
 
 
-def select_estimator(model, X) -> tuple[Any, list[dict]]:
+def select_estimator(model, X, checkpoint=None) -> tuple[Any, list[dict]]:
     """Fit every candidate of a selection config in shared passes; the best estimator and the table."""
     from daskem.models.selection import fit_candidates
 
     parameters = gmm_parameters(model)
     n_init = parameters.pop("n_init")
     selection = fit_candidates(X, n_components=model.n_components_list, covariance_types=model.covariance_types,
-                               n_init=n_init, criterion=model.criterion, **parameters)
+                               n_init=n_init, criterion=model.criterion, checkpoint=checkpoint, **parameters)
     return selection.best, selection.table_records()
 
 
@@ -123,8 +128,11 @@ def select_estimator(model, X) -> tuple[Any, list[dict]]:
 # ----------------------------------------------------------------------------- commands
 
 
-def run(config: DaskemConfig, *, progress: bool = True) -> RunResult:
-    """Fit the configured model on the configured data and write the outputs; see the module doc."""
+def run(config: DaskemConfig, *, progress: bool = True, restart: bool = False) -> RunResult:
+    """Fit the configured model on the configured data and write the outputs; see the module doc.
+
+    The run keeps a checkpoint beside the output (see ``daskem.pipeline.resume``): run again after an
+    interruption, it resumes; ``restart`` discards a checkpoint of an earlier run instead."""
     started_at, t0 = _now(), time.perf_counter()
     timings: dict[str, float] = {}
     source, X = open_data(config.data)
@@ -133,16 +141,17 @@ def run(config: DaskemConfig, *, progress: bool = True) -> RunResult:
     staged.check()
     logger.info("data: %s, %d rows x %d features, %s, %d chunks of up to %d rows", source.name,
                 *source.shape, source.dtype, len(source.row_chunks), max(source.row_chunks))
+    checkpoint = run_checkpoint(config, source, restart=restart)
     timings["open"] = time.perf_counter() - t0
 
-    with connect(config.cluster) as client, ProgressBars(client, enabled=progress):
+    with connect(config.cluster) as client, ProgressBars(client, enabled=progress), counting_passes() as passes:
         cluster = cluster_summary(client, config.cluster.address is None)
-        X = fit_slabs_to_workers(config.data, X, source, cluster)
+        X = resume_slabs(checkpoint, config.data, fit_slabs_to_workers(config.data, X, source, cluster))
         prep = None
         features = X
         if config.preprocess is not None and config.preprocess.enabled:
             t = time.perf_counter()
-            prep = fit_preprocessing(X, config.preprocess, random_state=config.model.random_state)
+            prep = resume_preprocessing(checkpoint, X, config)
             features = prep.transform(X)
             timings["preprocess"] = time.perf_counter() - t
         features = maybe_cache(features, config.data.cache, client)
@@ -152,16 +161,18 @@ def run(config: DaskemConfig, *, progress: bool = True) -> RunResult:
         if config.model.is_selection:
             logger.info("fit: %d candidate models in the same passes", len(config.model.n_components_list)
                         * len(config.model.covariance_types) * config.model.n_init)
-            estimator, candidates = fit(lambda X: select_estimator(config.model, X), features, source)
+            estimator, candidates = fit(lambda X: select_estimator(config.model, X, checkpoint=checkpoint),
+                                        features, source)
         else:
             estimator = build_estimator(config.model)
             logger.info("fit: %r", estimator)
-            fit(estimator.fit, features, source)
+            fit(estimator.set_params(checkpoint=checkpoint).fit, features, source)
+        estimator.set_params(checkpoint=None)  # the run's file, not a parameter of the saved model
         timings["fit"] = time.perf_counter() - t
         model = estimator if prep is None else PreprocessedModel(estimator, prep)
 
         t = time.perf_counter()
-        with staged as tmp:
+        with staged as tmp, step("outputs"):
             save_model(model, tmp / "model", metadata={"data": source.to_json()})
             written = write_predictions(model, X, tmp / "predictions.zarr", labels=config.output.labels,
                                         responsibilities=config.output.responsibilities,
@@ -176,9 +187,12 @@ def run(config: DaskemConfig, *, progress: bool = True) -> RunResult:
                 "outputs": {"model": "model", "predictions": "predictions.zarr" if written else None,
                             "arrays": written},
                 "timings": {k: round(v, 3) for k, v in timings.items()},
+                "passes": {**{name: passes.get(name, 0) for name in PASS_STEPS}, "total": sum(passes.values())},
             }
             write_json(tmp / "run.json", summary)
             final = staged.commit()
+    checkpoint.remove()
+    logger.info("passes over the data: %s", ", ".join(f"{k} {v}" for k, v in summary["passes"].items()))
     logger.info("done in %.1f s: %s (n_iter %d, converged %s)", timings["total"], final,
                 summary["n_iter"], summary["converged"])
     return RunResult(final, source, model, summary)

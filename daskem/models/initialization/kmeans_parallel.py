@@ -41,6 +41,7 @@ import numpy as np
 from sklearn.cluster import KMeans as LocalKMeans
 from sklearn.cluster import kmeans_plusplus
 
+from daskem.engine.checkpoint import Checkpoint, checkpointable
 from daskem.engine.reduction import DEFAULT_FAN_IN, map_reduce, slab_row_starts
 from daskem.kernels.draws import row_uniforms
 from daskem.kernels.nearest import nearest_tiles
@@ -54,6 +55,7 @@ FALLBACK_STREAM = 1001
 ROUND_STREAM = 1100
 
 
+@checkpointable
 @dataclass(frozen=True)
 class KMeansParallelResult:
     """One seed's outcome: the centres and how they were found (for logs and tests)."""
@@ -232,38 +234,31 @@ def kmeans_parallel(
     n_rounds: int = 5,
     name: str,
     fan_in: int = DEFAULT_FAN_IN,
+    checkpoint: Checkpoint | None = None,
+    stage: str = "k-means||",
 ) -> list[KMeansParallelResult]:
     """k-means|| for each seed, all seeds in the same ``n_rounds + 1`` passes (see the module doc).
 
     With fewer than k distinct candidates, the missing centres are the distinct rows of a
     D^2-weighted sample of the rows no candidate covers (drawn in the counting pass); only if X has
-    fewer than k distinct rows are centres repeated, with a warning.
+    fewer than k distinct rows are centres repeated, with a warning. With a ``checkpoint``, the
+    candidates are saved after every round and the result at the end, and a saved state is resumed.
     """
-    if oversampling_factor <= 0 or n_rounds < 1:
-        raise ValueError(f"k-means|| needs oversampling_factor > 0 and n_rounds >= 1, "
-                         f"got {oversampling_factor} and {n_rounds}")
     seeds = [int(seed) for seed in seeds]
+    state = checkpoint.load(stage) if checkpoint is not None else None
+    if state is not None and "results" in state:
+        return state["results"]
+    if state is None:
+        state = {"round": 0, "candidates": first_centers(X, seeds, name=f"{name}-first"),
+                 "sizes": [[] for _ in seeds], "costs": [[] for _ in seeds], "active": list(range(len(seeds)))}
+        _save(checkpoint, stage, state)
+    else:
+        logger.info("%s: resuming after round %d of %d", stage, state["round"], n_rounds)
     oversampling = float(oversampling_factor) * n_clusters
-    candidates = first_centers(X, seeds, name=f"{name}-first")
-    sizes, costs = [[] for _ in seeds], [[] for _ in seeds]
-    active = list(range(len(seeds)))
-    for round_ in range(1, n_rounds + 1):
-        request = RoundRequest(tuple(seeds[i] for i in active), tuple(candidates[i] for i in active), round_)
-        selections = map_reduce(X, partial(_round_slab, oversampling=oversampling), request,
-                                name=f"{name}-round{round_}", fan_in=fan_in,
-                                combine=partial(_merge_selections, oversampling=oversampling))
-        ran = list(active)
-        for i, selection in zip(ran, selections):
-            before = len(candidates[i])
-            candidates[i] = _distinct(np.vstack([candidates[i], selection.rows[np.argsort(selection.index)]]))
-            sizes[i].append(len(candidates[i]) - before)
-            costs[i].append(selection.phi)
-            if selection.phi == 0:  # every row equals a candidate: later rounds would draw nothing
-                active.remove(i)
-        logger.info("k-means|| round %d: %s new candidates (l = %.1f)", round_, [sizes[i][-1] for i in ran],
-                    oversampling)
-        if not active:
-            break
+    while state["round"] < n_rounds and state["active"]:
+        _round(X, seeds, state, oversampling, name=name, fan_in=fan_in)
+        _save(checkpoint, stage, state)
+    candidates, sizes, costs = state["candidates"], state["sizes"], state["costs"]
     covered = {i for i in range(len(seeds)) if costs[i][-1] == 0}
     needs = [i for i in range(len(seeds)) if len(candidates[i]) > n_clusters
              or (len(candidates[i]) < n_clusters and i not in covered)]
@@ -280,7 +275,34 @@ def kmeans_parallel(
         weights, _, fallback = counted.get(i, (np.zeros(0, dtype=np.int64), None, None))
         centers = _final_centers(candidates[i], weights, fallback, n_clusters, seed)
         results.append(KMeansParallelResult(centers, candidates[i], weights, tuple(sizes[i]), tuple(costs[i])))
+    _save(checkpoint, stage, {"results": results})
     return results
+
+
+def _round(X, seeds, state: dict, oversampling: float, *, name: str, fan_in: int) -> None:
+    """One round of draws for the seeds still active: one pass; ``state`` is updated in place."""
+    round_ = state["round"] + 1
+    candidates, active = state["candidates"], state["active"]
+    request = RoundRequest(tuple(seeds[i] for i in active), tuple(candidates[i] for i in active), round_)
+    selections = map_reduce(X, partial(_round_slab, oversampling=oversampling), request,
+                            name=f"{name}-round{round_}", fan_in=fan_in,
+                            combine=partial(_merge_selections, oversampling=oversampling))
+    ran = list(active)
+    for i, selection in zip(ran, selections):
+        before = len(candidates[i])
+        candidates[i] = _distinct(np.vstack([candidates[i], selection.rows[np.argsort(selection.index)]]))
+        state["sizes"][i].append(len(candidates[i]) - before)
+        state["costs"][i].append(selection.phi)
+        if selection.phi == 0:  # every row equals a candidate: later rounds would draw nothing
+            active.remove(i)
+    state["round"] = round_
+    logger.info("k-means|| round %d: %s new candidates (l = %.1f)", round_, [state["sizes"][i][-1] for i in ran],
+                oversampling)
+
+
+def _save(checkpoint, stage: str, state: dict) -> None:
+    if checkpoint is not None:
+        checkpoint.save(stage, state)
 
 
 def _final_centers(candidates, weights, fallback, n_clusters: int, seed: int) -> np.ndarray:
@@ -295,7 +317,9 @@ def _final_centers(candidates, weights, fallback, n_clusters: int, seed: int) ->
     return centers
 
 
-def kmeans_parallel_centers(X, n_clusters, seeds, *, oversampling_factor=2.0, n_rounds=5, name, fan_in) -> list:
+def kmeans_parallel_centers(X, n_clusters, seeds, *, oversampling_factor=2.0, n_rounds=5, name, fan_in,
+                            checkpoint=None, stage="k-means||") -> list:
     """The k-means|| centres alone, one (k, D) array per seed."""
     return [result.centers for result in kmeans_parallel(
-        X, n_clusters, seeds, oversampling_factor=oversampling_factor, n_rounds=n_rounds, name=name, fan_in=fan_in)]
+        X, n_clusters, seeds, oversampling_factor=oversampling_factor, n_rounds=n_rounds, name=name, fan_in=fan_in,
+        checkpoint=checkpoint, stage=stage)]

@@ -20,6 +20,7 @@ import dask.array as da
 import numpy as np
 from sklearn.cluster import kmeans_plusplus
 
+from daskem.engine.checkpoint import Checkpoint
 from daskem.engine.em import run_em
 from daskem.engine.reduction import map_reduce
 from daskem.kernels.draws import row_uniforms
@@ -88,29 +89,33 @@ def sample_rows(X: da.Array, size: int, seeds: Sequence[int], *, name: str, fan_
     return [data[np.argsort(rows)] for _, rows, data in merged]
 
 
-def kmeans_plusplus_centers(X, n_clusters, seeds, spec: SeedingSpec, *, name) -> list[np.ndarray]:
+def kmeans_plusplus_centers(X, n_clusters, seeds, spec: SeedingSpec, *, name, checkpoint, stage) -> list[np.ndarray]:
     """k-means++ seeding on one bounded sample of rows, one set of centres per seed."""
     (sample,) = sample_rows(X, max(spec.sample_size, n_clusters), seeds[:1], name=name, fan_in=spec.fan_in)
     return [kmeans_plusplus(sample, n_clusters, random_state=seed)[0] for seed in seeds]
 
 
-def random_row_centers(X, n_clusters, seeds, spec: SeedingSpec, *, name) -> list[np.ndarray]:
+def random_row_centers(X, n_clusters, seeds, spec: SeedingSpec, *, name, checkpoint, stage) -> list[np.ndarray]:
     """``n_clusters`` distinct rows drawn uniformly, one set per seed."""
     return sample_rows(X, n_clusters, seeds, name=name, fan_in=spec.fan_in)
 
 
-def kmeans_parallel_seeding(X, n_clusters, seeds, spec: SeedingSpec, *, name) -> list[np.ndarray]:
-    """The k-means|| centres (see :mod:`daskem.models.initialization.kmeans_parallel`)."""
+def kmeans_parallel_seeding(X, n_clusters, seeds, spec: SeedingSpec, *, name, checkpoint, stage) -> list[np.ndarray]:
+    """The k-means|| centres (see :mod:`daskem.models.initialization.kmeans_parallel`), round by round
+    in the checkpoint."""
     return kmeans_parallel_centers(X, n_clusters, seeds, oversampling_factor=spec.oversampling_factor,
-                                   n_rounds=spec.n_rounds, name=name, fan_in=spec.fan_in)
+                                   n_rounds=spec.n_rounds, name=name, fan_in=spec.fan_in,
+                                   checkpoint=checkpoint, stage=f"{stage}/k-means||")
 
 
-def lloyd_centers(X, n_clusters, seeds, spec: SeedingSpec, *, name) -> list[np.ndarray]:
+def lloyd_centers(X, n_clusters, seeds, spec: SeedingSpec, *, name, checkpoint, stage) -> list[np.ndarray]:
     """Centres of a k-means fit per seed (k-means|| seeding, then Lloyd), all restarts in the same passes."""
-    starts = kmeans_parallel_seeding(X, n_clusters, seeds, spec, name=f"{name}-seed")
+    starts = kmeans_parallel_seeding(X, n_clusters, seeds, spec, name=f"{name}-seed", checkpoint=checkpoint,
+                                     stage=stage)
     results = run_em(X, [KMeansFamily()] * len(starts), [KMeansParams(c) for c in starts],
                      max_iter=KMEANS_FOR_GMM_MAX_ITER, tol=KMEANS_FOR_GMM_TOL, run_id=f"{name}-lloyd",
-                     fan_in=spec.fan_in, labels=[f"k-means init {i}" for i in range(len(starts))])
+                     fan_in=spec.fan_in, labels=[f"k-means init {i}" for i in range(len(starts))],
+                     checkpoint=checkpoint, stage=f"{stage}/lloyd")
     return [result.params.centers for result in results]
 
 
@@ -123,6 +128,14 @@ SEEDINGS = {
 }
 
 
-def seed_centers(X, n_clusters: int, seeds: Sequence[int], spec: SeedingSpec, *, name: str) -> list[np.ndarray]:
-    """Initial centres by ``spec.method``, one (n_clusters, D) array per seed."""
-    return SEEDINGS[spec.method](X, n_clusters, list(seeds), spec, name=name)
+def seed_centers(X, n_clusters: int, seeds: Sequence[int], spec: SeedingSpec, *, name: str,
+                 checkpoint: Checkpoint | None = None, stage: str = "seeding") -> list[np.ndarray]:
+    """Initial centres by ``spec.method``, one (n_clusters, D) array per seed; with a ``checkpoint``,
+    saved as ``stage`` (and their own passes saved within it), so a resumed run does not seed again."""
+    saved = checkpoint.load(stage) if checkpoint is not None else None
+    if saved is not None:
+        return saved
+    centers = SEEDINGS[spec.method](X, n_clusters, list(seeds), spec, name=name, checkpoint=checkpoint, stage=stage)
+    if checkpoint is not None:
+        checkpoint.save(stage, list(centers))
+    return centers

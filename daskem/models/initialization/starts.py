@@ -17,6 +17,7 @@ import dask.array as da
 import numpy as np
 
 from daskem.data.checks import check_shape, check_weights
+from daskem.engine.checkpoint import Checkpoint
 from daskem.engine.reduction import map_reduce
 from daskem.kernels.draws import row_uniforms, seeds_from
 from daskem.kernels.mixture import resp_chunk_stats
@@ -26,6 +27,8 @@ from daskem.kernels.tiles import check_finite_block
 from daskem.models.initialization.seeding import SeedingSpec, seed_centers
 
 RANDOM_RESPONSIBILITY_STREAM = 2
+# The checkpoint stage of the starting parameters (its seedings are saved as sub-stages of it).
+STAGE = "init"
 # The start that draws responsibilities instead of seeding centres (scikit-learn's init_params="random").
 RANDOM_RESPONSIBILITIES = "random_responsibilities"
 
@@ -112,14 +115,19 @@ class StartRequest:
     shift: np.ndarray | None = None
 
 
-def initial_params(X: da.Array, candidates: Sequence[Candidate], spec: InitSpec, *, name: str) -> list[list]:
+def initial_params(X: da.Array, candidates: Sequence[Candidate], spec: InitSpec, *, name: str,
+                   checkpoint: Checkpoint | None = None) -> list[list]:
     """Starting parameters of every candidate, one per restart, in as few passes as possible.
 
     A candidate with every parameter given starts from them; one with ``means`` given starts from
     those centres; otherwise its centres come from ``spec`` (shared by all candidates with the same
     number of components), or its responsibilities are drawn at random. Explicit values replace the
-    computed ones in every start.
+    computed ones in every start. With a ``checkpoint``, every seeding and the starts themselves are
+    saved, so a resumed run repeats none of their passes.
     """
+    saved = checkpoint.load(STAGE) if checkpoint is not None else None
+    if saved is not None:
+        return saved
     centers_by_size: dict[int, list[np.ndarray]] = {}
     seeds_by_size: dict[int, list[int]] = {}
     plans: list[list] = []  # per candidate: a start, or a StartRequest to fill in from the data
@@ -140,14 +148,18 @@ def initial_params(X: da.Array, candidates: Sequence[Candidate], spec: InitSpec,
                 plans.append([StartRequest(family, seed=seed, shift=shift) for seed in seeds_by_size[k]])
                 continue
             if k not in centers_by_size:
-                centers_by_size[k] = seed_centers(X, k, seeds_by_size[k], spec.seeding(), name=f"{name}-{k}")
+                centers_by_size[k] = seed_centers(X, k, seeds_by_size[k], spec.seeding(), name=f"{name}-{k}",
+                                                  checkpoint=checkpoint, stage=f"{STAGE}/k={k}")
             centers = centers_by_size[k]
         if family.starts_from_center_stats:
             plans.append([StartRequest(family, centers=c) for c in centers])
         else:
             plans.append([family.from_centers(c) for c in centers])
     plans = _fill_from_data(X, plans, name=f"{name}-assign", fan_in=spec.fan_in)
-    return [[candidate.explicit.overlay(start) for start in starts] for candidate, starts in zip(candidates, plans)]
+    starts = [[candidate.explicit.overlay(start) for start in starts] for candidate, starts in zip(candidates, plans)]
+    if checkpoint is not None:
+        checkpoint.save(STAGE, starts)
+    return starts
 
 
 def _fill_from_data(X, plans: list[list], *, name: str, fan_in: int) -> list[list]:

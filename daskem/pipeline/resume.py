@@ -1,0 +1,66 @@
+"""Resuming a run: its checkpoint beside the output, the slabs and preprocessing it had, its identity.
+
+``run`` keeps one checkpoint file per output, ``<output>.checkpoint.npz`` in the output's parent
+directory, for the whole run: the slab plan, the fitted preprocessing, and every pass of the fit
+(see ``daskem.engine.checkpoint``). A re-run of the same config (same model, preprocessing and data)
+resumes from it; a run of another config refuses it with one line, or starts afresh with
+``--restart``. It is removed once the outputs are complete.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from daskem.data.stores import DataSource, open_data
+from daskem.engine.checkpoint import Checkpoint
+from daskem.models.preprocessing import Preprocessing, fit_preprocessing
+
+logger = logging.getLogger("daskem")
+
+SLABS_STAGE = "slabs"
+PREPROCESS_STAGE = "preprocess"
+
+
+def checkpoint_path(output: Path) -> Path:
+    """Where the checkpoint of a run to ``output`` lives: beside it, never inside it."""
+    return output.with_name(f"{output.name}.checkpoint.npz")
+
+
+def run_checkpoint(config, source: DataSource, *, restart: bool = False) -> Checkpoint:
+    """The checkpoint of ``config``'s run; its identity is what the results depend on: the model, the
+    preprocessing and the data (store, array, shape, dtype, chunks), not the cluster or the outputs."""
+    identity = {
+        "model": config.model.model_dump(mode="json"),
+        "preprocess": None if config.preprocess is None else config.preprocess.model_dump(mode="json"),
+        "data": {"path": source.path, "array": source.array, "shape": list(source.shape), "dtype": source.dtype,
+                 "store_chunks": list(source.store_chunks)},
+    }
+    checkpoint = Checkpoint(str(checkpoint_path(config.output.local_path)), identity, restart=restart)
+    if restart and checkpoint.stages():
+        checkpoint.remove()
+        logger.info("--restart: the checkpoint of the earlier run was removed")
+    return checkpoint
+
+
+def resume_slabs(checkpoint: Checkpoint, data_config, X):
+    """``X`` cut into the slabs of the checkpointed run (the merge order, so the same bits), whatever
+    the cluster now; the first run records its own plan."""
+    rows = checkpoint.load(SLABS_STAGE)
+    if rows is None:
+        checkpoint.save(SLABS_STAGE, int(max(X.chunks[0])))
+        return X
+    if rows != max(X.chunks[0]):
+        logger.info("resuming with the checkpoint's slabs of %d rows", rows)
+        _, X = open_data(data_config.model_copy(update={"chunk_rows": rows}))
+    return X
+
+
+def resume_preprocessing(checkpoint: Checkpoint, X, config) -> Preprocessing:
+    """The fitted preprocessing of the checkpointed run, or a new one fitted now and saved."""
+    saved = checkpoint.load(PREPROCESS_STAGE)
+    if saved is not None:
+        return Preprocessing.from_arrays(X.shape[1], saved)
+    prep = fit_preprocessing(X, config.preprocess, random_state=config.model.random_state)
+    checkpoint.save(PREPROCESS_STAGE, prep.to_arrays())
+    return prep
