@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import importlib
 import io
 import json
 import logging
@@ -155,14 +156,18 @@ def _jsonable_identity(identity: dict[str, Any]) -> dict[str, Any]:
 
 
 # ----------------------------------------------------------------------------- encoding
-# Frozen dataclasses a state may hold, by name: decoding rebuilds them without pickle.
-_CLASSES: dict[str, type] = {}
+# The dataclasses a state may hold, by name, with the module that defines them: decoding imports
+# only these and rebuilds them from their fields, without pickle.
+CLASSES = {
+    "EMResult": "daskem.engine.em",
+    "GMMParams": "daskem.kernels.params",
+    "KMeansParams": "daskem.kernels.params",
+    "KMeansParallelResult": "daskem.models.initialization.kmeans_parallel",
+}
 
 
-def checkpointable(cls: type) -> type:
-    """Register a dataclass so that states holding it can be saved and restored."""
-    _CLASSES[cls.__name__] = cls
-    return cls
+def _class(name: str) -> type:
+    return getattr(importlib.import_module(CLASSES[name]), name)
 
 
 def encode(value: Any, arrays: dict[str, np.ndarray]) -> Any:
@@ -171,7 +176,7 @@ def encode(value: Any, arrays: dict[str, np.ndarray]) -> Any:
         key = f"a{len(arrays)}"
         arrays[key] = value
         return {"__array__": key}
-    if dataclasses.is_dataclass(value) and type(value).__name__ in _CLASSES:
+    if dataclasses.is_dataclass(value) and CLASSES.get(type(value).__name__) == type(value).__module__:
         return {"__class__": type(value).__name__,
                 "fields": {f.name: encode(getattr(value, f.name), arrays) for f in dataclasses.fields(value)}}
     if isinstance(value, dict):
@@ -196,7 +201,7 @@ def decode(value: Any, arrays: dict[str, np.ndarray]) -> Any:
     if "__array__" in value:
         return arrays[value["__array__"]]
     if "__class__" in value:
-        cls = _CLASSES[value["__class__"]]
+        cls = _class(value["__class__"])
         return cls(**{name: decode(v, arrays) for name, v in value["fields"].items()})
     if "__tuple__" in value:
         return tuple(decode(v, arrays) for v in value["__tuple__"])

@@ -16,7 +16,7 @@ from typing import Any, Protocol, Sequence
 import dask.array as da
 import numpy as np
 
-from daskem.engine.checkpoint import Checkpoint, checkpointable
+from daskem.engine.checkpoint import Checkpoint
 from daskem.engine.reduction import DEFAULT_FAN_IN, map_reduce
 from daskem.kernels.stats import SuffStats, merge_candidates
 from daskem.kernels.tiles import check_finite_block
@@ -66,7 +66,6 @@ def candidate_stats(slab: np.ndarray, row_start: int, payload: SlabPayload) -> t
     return tuple(family.chunk_stats(slab, params) for family, params in zip(payload.families, payload.params))
 
 
-@checkpointable
 @dataclass
 class EMResult:
     """The outcome of one candidate's fit."""

@@ -14,17 +14,12 @@ from typing import Sequence
 
 import numpy as np
 
-from daskem.engine.checkpoint import checkpointable
 from daskem.kernels import mixture, nearest
 from daskem.kernels.covariance import CovarianceType
 from daskem.kernels.params import GMMParams, KMeansParams
 from daskem.kernels.stats import SuffStats
 
 __all__ = ["GMMParams", "GaussianMixtureFamily", "KMeansFamily", "KMeansParams", "information_criteria"]
-
-# Parameters are saved in checkpoints (daskem.engine.checkpoint) without pickle.
-checkpointable(GMMParams)
-checkpointable(KMeansParams)
 
 # scikit-learn adds this to every component's count so that empty components do not divide by 0.
 COUNT_EPSILON = 10 * np.finfo(np.float64).eps

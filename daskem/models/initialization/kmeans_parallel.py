@@ -41,7 +41,7 @@ import numpy as np
 from sklearn.cluster import KMeans as LocalKMeans
 from sklearn.cluster import kmeans_plusplus
 
-from daskem.engine.checkpoint import Checkpoint, checkpointable
+from daskem.engine.checkpoint import Checkpoint
 from daskem.engine.reduction import DEFAULT_FAN_IN, map_reduce, slab_row_starts
 from daskem.kernels.draws import row_uniforms
 from daskem.kernels.nearest import nearest_tiles
@@ -55,7 +55,6 @@ FALLBACK_STREAM = 1001
 ROUND_STREAM = 1100
 
 
-@checkpointable
 @dataclass(frozen=True)
 class KMeansParallelResult:
     """One seed's outcome: the centres and how they were found (for logs and tests)."""
