@@ -226,7 +226,7 @@ def reference(tmp_path_factory, big_store):
 
 
 @pytest.mark.cluster
-@pytest.mark.parametrize("marker", ["gmm iteration 4:", "k-means|| round 2:"], ids=["during-em", "during-init"])
+@pytest.mark.parametrize("marker", ["gmm iteration 4:", "k-means|| round 2/"], ids=["during-em", "during-init"])
 def test_killed_run_resumes_with_the_same_model_and_fewer_passes(tmp_path, big_store, reference, marker):
     output = tmp_path / "out"
     config = write_config(tmp_path / "run.yaml", run_config(big_store, output))

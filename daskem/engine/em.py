@@ -109,9 +109,13 @@ def run_em(
     for iteration in range(state["iteration"] + 1, max_iter + 1):
         if state["done"] or not active:
             break
-        _iterate(X, families, results, active, iteration, labels, tol=tol, fan_in=fan_in,
-                 name=f"{run_id}-iter{iteration}")
+        seconds = _iterate(X, families, results, active, iteration, labels, tol=tol, fan_in=fan_in,
+                           name=f"{run_id}-iter{iteration}")
         _save(checkpoint, stage, iteration, results, active, done=False)
+        if active and iteration < max_iter:
+            left = max_iter - iteration
+            logger.info("%s: pass %d done in %.2f s; at most %d more (about %s) unless all converge sooner",
+                        stage, iteration, seconds, left, _duration(left * seconds))
     if not state["done"]:
         unscored = [i for i in active if families[i].reports_objective_of_returned_params]
         if unscored:
@@ -124,8 +128,9 @@ def run_em(
     return results
 
 
-def _iterate(X, families, results, active, iteration, labels, *, tol, fan_in, name) -> None:
-    """One EM iteration of the ``active`` candidates: one pass, then each M-step; converged ones leave ``active``."""
+def _iterate(X, families, results, active, iteration, labels, *, tol, fan_in, name) -> float:
+    """One EM iteration of the ``active`` candidates: one pass, then each M-step; converged ones leave
+    ``active``. Returns the seconds it took."""
     started = time.perf_counter()
     all_stats = em_pass(X, families, results, active, name=name, check_finite=iteration == 1, fan_in=fan_in)
     seconds = time.perf_counter() - started
@@ -146,6 +151,14 @@ def _iterate(X, families, results, active, iteration, labels, *, tol, fan_in, na
         if result.converged:
             active.remove(index)
             logger.info("%s converged after %d iterations", labels[index], result.n_iter)
+    return seconds
+
+
+def _duration(seconds: float) -> str:
+    """``seconds`` for a person: 42 s, 3.5 min, 2.1 h."""
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    return f"{seconds / 60:.1f} min" if seconds < 5400 else f"{seconds / 3600:.1f} h"
 
 
 def _save(checkpoint, stage, iteration, results, active, *, done: bool) -> None:

@@ -22,7 +22,12 @@ from daskem.models.families import (
     GMMParams,
     information_criteria,
 )
-from daskem.models.fitting import best_restart, close_checkpoint, fit_restarts, open_checkpoint
+from daskem.models.fitting import (
+    best_restart,
+    close_checkpoint,
+    fit_restarts,
+    open_checkpoint,
+)
 from daskem.models.initialization import Candidate, ExplicitStart, InitSpec
 from daskem.models.parameters import SHARED_PARAMETER_CONSTRAINTS
 

@@ -16,7 +16,12 @@ from daskem.data.checks import as_row_blocks
 from daskem.engine.per_row import apply_rows
 from daskem.engine.reduction import new_run_id
 from daskem.models.families import KMeansFamily, KMeansParams
-from daskem.models.fitting import best_restart, close_checkpoint, fit_restarts, open_checkpoint
+from daskem.models.fitting import (
+    best_restart,
+    close_checkpoint,
+    fit_restarts,
+    open_checkpoint,
+)
 from daskem.models.initialization import Candidate, ExplicitStart, InitSpec
 from daskem.models.parameters import SHARED_PARAMETER_CONSTRAINTS
 

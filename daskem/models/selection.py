@@ -120,6 +120,7 @@ def _scores(X, owners, *, name: str, fan_in: int, checkpoint) -> list[float]:
     families = [candidate.family for _, candidate, _, _ in owners]
     final = em_pass(X, families, [result for *_, result in owners], list(range(len(owners))), name=name, fan_in=fan_in)
     scores = [family.objective(stats) for family, stats in zip(families, final)]
+    logger.info("scoring: the returned parameters of %d candidate(s) in one pass", len(owners))
     if checkpoint is not None:
         checkpoint.save(SCORE_STAGE, scores)
     return scores

@@ -172,6 +172,7 @@ def run(config: DaskemConfig, *, progress: bool = True, restart: bool = False) -
         model = estimator if prep is None else PreprocessedModel(estimator, prep)
 
         t = time.perf_counter()
+        logger.info("writing the model and predictions to %s", config.output.local_path)
         with staged as tmp, step("outputs"):
             save_model(model, tmp / "model", metadata={"data": source.to_json()})
             written = write_predictions(model, X, tmp / "predictions.zarr", labels=config.output.labels,

@@ -255,7 +255,7 @@ def kmeans_parallel(
         logger.info("%s: resuming after round %d of %d", stage, state["round"], n_rounds)
     oversampling = float(oversampling_factor) * n_clusters
     while state["round"] < n_rounds and state["active"]:
-        _round(X, seeds, state, oversampling, name=name, fan_in=fan_in)
+        _round(X, seeds, state, oversampling, n_rounds, name=name, fan_in=fan_in)
         _save(checkpoint, stage, state)
     candidates, sizes, costs = state["candidates"], state["sizes"], state["costs"]
     covered = {i for i in range(len(seeds)) if costs[i][-1] == 0}
@@ -267,7 +267,7 @@ def kmeans_parallel(
         request = WeightRequest(tuple(seeds[i] for i in needs), tuple(candidates[i] for i in needs), fallback_sizes)
         counted = dict(zip(needs, map_reduce(X, _weight_slab, request, name=f"{name}-weights", fan_in=fan_in,
                                              combine=partial(_merge_weights, sizes=fallback_sizes))))
-        logger.info("k-means|| candidates %s, their cost %s", [len(candidates[i]) for i in needs],
+        logger.info("k-means|| weights: candidates %s, their cost %s", [len(candidates[i]) for i in needs],
                     [float(f"{counted[i][1]:.6g}") for i in needs])
     results = []
     for i, seed in enumerate(seeds):
@@ -278,7 +278,7 @@ def kmeans_parallel(
     return results
 
 
-def _round(X, seeds, state: dict, oversampling: float, *, name: str, fan_in: int) -> None:
+def _round(X, seeds, state: dict, oversampling: float, n_rounds: int, *, name: str, fan_in: int) -> None:
     """One round of draws for the seeds still active: one pass; ``state`` is updated in place."""
     round_ = state["round"] + 1
     candidates, active = state["candidates"], state["active"]
@@ -295,8 +295,8 @@ def _round(X, seeds, state: dict, oversampling: float, *, name: str, fan_in: int
         if selection.phi == 0:  # every row equals a candidate: later rounds would draw nothing
             active.remove(i)
     state["round"] = round_
-    logger.info("k-means|| round %d: %s new candidates (l = %.1f)", round_, [state["sizes"][i][-1] for i in ran],
-                oversampling)
+    logger.info("k-means|| round %d/%d: %s new candidates (l = %.1f)", round_, n_rounds,
+                [state["sizes"][i][-1] for i in ran], oversampling)
 
 
 def _save(checkpoint, stage: str, state: dict) -> None:

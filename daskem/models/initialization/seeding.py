@@ -12,6 +12,7 @@ worker and on the client, and identical whatever the chunking.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from functools import partial
 from typing import Sequence
@@ -25,6 +26,8 @@ from daskem.engine.em import run_em
 from daskem.engine.reduction import map_reduce
 from daskem.kernels.draws import row_uniforms
 from daskem.kernels.tiles import check_finite_block
+
+logger = logging.getLogger("daskem")
 from daskem.models.families import KMeansFamily, KMeansParams
 from daskem.models.initialization.kmeans_parallel import kmeans_parallel_centers
 
@@ -86,6 +89,7 @@ def sample_rows(X: da.Array, size: int, seeds: Sequence[int], *, name: str, fan_
     """One uniform sample of ``min(size, N)`` rows per seed, in one pass, ordered by row index."""
     merged = map_reduce(X, _slab_sample, SampleRequest(tuple(seeds), size), name=name,
                         combine=partial(_merge_samples, size=size), fan_in=fan_in)
+    logger.info("init: sampled %d rows per seed for %d seed(s) in one pass", min(size, X.shape[0]), len(seeds))
     return [data[np.argsort(rows)] for _, rows, data in merged]
 
 

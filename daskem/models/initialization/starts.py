@@ -10,6 +10,7 @@ the seeding passes plus one.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field, replace
 from typing import Any, Sequence
 
@@ -25,6 +26,8 @@ from daskem.kernels.params import GMMParams
 from daskem.kernels.stats import SuffStats, merge_candidates
 from daskem.kernels.tiles import check_finite_block
 from daskem.models.initialization.seeding import SeedingSpec, seed_centers
+
+logger = logging.getLogger("daskem")
 
 RANDOM_RESPONSIBILITY_STREAM = 2
 # The checkpoint stage of the starting parameters (its seedings are saved as sub-stages of it).
@@ -168,6 +171,7 @@ def _fill_from_data(X, plans: list[list], *, name: str, fan_in: int) -> list[lis
     if not requests:
         return plans
     stats = iter(map_reduce(X, _start_stats, requests, name=name, combine=merge_candidates, fan_in=fan_in))
+    logger.info("init: starting parameters of %d restart(s) from one pass", len(requests))
     filled = []
     for starts in plans:
         filled.append([_start_from(item, next(stats)) if isinstance(item, StartRequest) else item for item in starts])
