@@ -68,3 +68,14 @@ def check_weights(weights, n_components: int) -> np.ndarray:
     if not np.isclose(weights.sum(), 1.0, rtol=0, atol=1e-6):
         raise ValueError(f"weights_init must sum to 1, but it sums to {weights.sum():.8g}: divide it by its sum")
     return weights
+
+
+def check_fitted_arrays(estimator, shapes: dict[str, tuple[int, ...]]) -> None:
+    """Each fitted attribute in ``shapes`` is a finite numeric array of exactly that shape."""
+    for name, expected in shapes.items():
+        value = np.asarray(getattr(estimator, name, None))
+        if value.dtype.kind not in "fiu" or value.shape != tuple(expected):
+            raise ValueError(f"{name} has shape {value.shape} and dtype {value.dtype}, expected a numeric array "
+                             f"of shape {tuple(expected)}")
+        if not np.all(np.isfinite(value)):
+            raise ValueError(f"{name} holds NaN or infinite values")

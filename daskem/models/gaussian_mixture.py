@@ -12,7 +12,7 @@ from sklearn.exceptions import ConvergenceWarning
 from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted
 
-from daskem.data.checks import as_row_blocks
+from daskem.data.checks import as_row_blocks, check_fitted_arrays
 from daskem.engine.per_row import apply_rows
 from daskem.engine.reduction import new_run_id
 from daskem.kernels.covariance import get_covariance_type
@@ -225,6 +225,20 @@ class GaussianMixture(DensityMixin, BaseEstimator):
     def aic(self, X) -> float:
         """Akaike information criterion on ``X``: lower is better."""
         return information_criteria(self.score(X), X.shape[0], self._n_parameters())[1]
+
+    def check_fitted(self) -> None:
+        """Raise a ValueError naming the attribute whose shape or values a fitted mixture cannot have
+        (for models read back from files)."""
+        check_is_fitted(self, ["weights_", "means_", "covariances_", "precisions_cholesky_", "n_features_in_"])
+        k, d = self.n_components, self.n_features_in_
+        shape = self._family().covariance.covariances_shape(k, d)
+        check_fitted_arrays(self, {"weights_": (k,), "means_": (k, d), "covariances_": shape,
+                                   "precisions_cholesky_": shape, "precisions_": shape})
+        if np.any(self.weights_ < 0) or not np.isclose(self.weights_.sum(), 1.0):
+            raise ValueError(f"weights_ must be non-negative and sum to 1, they sum to {self.weights_.sum():.6g}")
+        log_det = self._family().covariance.log_det_cholesky(self.precisions_cholesky_, d)
+        if not np.all(np.isfinite(log_det)):
+            raise ValueError("precisions_cholesky_ has a factor that is not positive definite")
 
     def sample(self, n_samples=1):
         """Draw ``n_samples`` rows from the fitted mixture; returns (X, component labels)."""

@@ -12,7 +12,7 @@ from sklearn.exceptions import ConvergenceWarning
 from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted
 
-from daskem.data.checks import as_row_blocks
+from daskem.data.checks import as_row_blocks, check_fitted_arrays
 from daskem.engine.per_row import apply_rows
 from daskem.engine.reduction import new_run_id
 from daskem.models.families import KMeansFamily, KMeansParams
@@ -181,3 +181,9 @@ class KMeans(ClusterMixin, TransformerMixin, BaseEstimator):
     def score(self, X, y=None) -> float:
         """Opposite of the inertia of ``X`` under the fitted centres (computed now)."""
         return -float(np.asarray(self._apply(X, "squared_distance", None, np.float64).sum()))
+
+    def check_fitted(self) -> None:
+        """Raise a ValueError naming the attribute whose shape or values fitted k-means cannot have
+        (for models read back from files)."""
+        check_is_fitted(self, ["cluster_centers_", "n_features_in_"])
+        check_fitted_arrays(self, {"cluster_centers_": (self.n_clusters, self.n_features_in_)})

@@ -107,7 +107,9 @@ def load_model(path: str | os.PathLike):
     """A fitted estimator from a model directory (or a run's output directory holding ``model/``).
 
     Returns the estimator itself, or a ``PreprocessedModel`` when the model was fitted on
-    preprocessed features: its prediction methods then take raw rows.
+    preprocessed features: its prediction methods then take raw rows. Every file is checked (valid
+    JSON of the expected form, readable ``.npy`` arrays of the expected shapes, finite values): a
+    damaged model is refused with one line naming the file and what is wrong, never half-loaded.
     """
     directory = Path(path)
     if not (directory / "model.json").is_file() and (directory / "model" / "model.json").is_file():
@@ -115,34 +117,65 @@ def load_model(path: str | os.PathLike):
     document_path = directory / "model.json"
     if not document_path.is_file():
         raise DaskemUserError(f"{path}: no model.json there; point at a run's output directory or its model/ directory")
-    document = json.loads(document_path.read_text())
-    if document.get("format") != FORMAT or document.get("format_version", 0) > FORMAT_VERSION:
-        raise DaskemUserError(
-            f"{document_path}: not a daskem model of format version <= {FORMAT_VERSION} "
-            f"(format {document.get('format')!r}, version {document.get('format_version')!r}); upgrade daskem"
-        )
-    classes = _estimator_classes()
-    cls = classes.get(document["estimator"])
+    document = _read_document(document_path)
+    cls = _estimator_classes().get(document["estimator"])
     if cls is None:
-        raise DaskemUserError(
-            f"{document_path}: unknown estimator {document['estimator']!r}; known: {', '.join(classes)}"
-        )
+        raise DaskemUserError(f"{document_path}: unknown estimator {document['estimator']!r}; "
+                              f"known: {', '.join(_estimator_classes())}")
     params = dict(document["params"])
-    for key in document.get("array_params", []):
+    for key in document["array_params"]:
         params[key] = _load_npy(directory / "params" / f"{key}.npy")
     try:
         estimator = cls(**params)
-    except TypeError as exc:
+        estimator._validate_params()
+    except (TypeError, ValueError) as exc:
         raise DaskemUserError(f"{document_path}: parameters do not fit this daskem's {cls.__name__} ({exc})") from None
     for key, value in document["fitted"].items():
         setattr(estimator, key, value)
     for key in document["fitted_arrays"]:
         setattr(estimator, key, _load_npy(directory / f"{key}.npy"))
+    try:
+        estimator.check_fitted()
+    except ValueError as exc:
+        raise DaskemUserError(f"{directory}: the model is damaged: {exc}; fit it again") from None
     prep = document.get("preprocessing")
     if prep is None:
         return estimator
-    arrays = {key: _load_npy(directory / "preprocessing" / f"{key}.npy") for key in prep["arrays"]}
-    return PreprocessedModel(estimator, Preprocessing.from_arrays(prep["n_features_in"], arrays))
+    try:
+        arrays = {key: _load_npy(directory / "preprocessing" / f"{key}.npy") for key in prep["arrays"]}
+        return PreprocessedModel(estimator, Preprocessing.from_arrays(prep["n_features_in"], arrays))
+    except (KeyError, TypeError, ValueError) as exc:
+        raise DaskemUserError(f"{document_path}: the preprocessing is damaged ({exc}); fit the model again") from None
+
+
+# The keys of model.json and the JSON type each must have.
+DOCUMENT_KEYS = {"format": str, "format_version": int, "estimator": str, "params": dict, "array_params": list,
+                 "fitted": dict, "fitted_arrays": list}
+
+
+def _read_document(path: Path) -> dict[str, Any]:
+    """model.json, checked to be a daskem model document of a format this daskem reads."""
+    try:
+        document = json.loads(path.read_text())
+    except UnicodeDecodeError:
+        raise DaskemUserError(f"{path}: not a text file; the model is damaged, fit it again") from None
+    except json.JSONDecodeError as exc:
+        raise DaskemUserError(f"{path}: not valid JSON (line {exc.lineno}: {exc.msg}); the model is damaged, "
+                              "fit it again") from None
+    if not isinstance(document, dict):
+        raise DaskemUserError(f"{path}: holds a {type(document).__name__}, not a model document; fit it again")
+    if document.get("format") != FORMAT or not isinstance(document.get("format_version"), int) \
+            or document["format_version"] > FORMAT_VERSION:
+        raise DaskemUserError(
+            f"{path}: not a daskem model of format version <= {FORMAT_VERSION} "
+            f"(format {document.get('format')!r}, version {document.get('format_version')!r}); upgrade daskem"
+        )
+    for key, kind in DOCUMENT_KEYS.items():
+        if not isinstance(document.get(key), kind):
+            found = "missing" if key not in document else f"a {type(document[key]).__name__}"
+            raise DaskemUserError(f"{path}: key {key!r} must be a {kind.__name__}, but it is {found}; "
+                                  "the model is damaged, fit it again")
+    return document
 
 
 def _save_npy(path: Path, array: np.ndarray) -> None:
@@ -157,6 +190,8 @@ def _load_npy(path: Path) -> np.ndarray:
         return np.load(path, allow_pickle=False)
     except FileNotFoundError:
         raise DaskemUserError(f"{path}: missing from the model directory; the model is incomplete") from None
+    except (ValueError, OSError, EOFError) as exc:  # a bad header, truncated data, object arrays
+        raise DaskemUserError(f"{path}: not a readable .npy array ({exc}); the model is damaged, fit it again") from None
 
 
 
@@ -169,7 +204,3 @@ def _load_npy(path: Path) -> np.ndarray:
 
 
 # ----------------------------------------------------------------------------- atomic directory
-
-
-
-
