@@ -9,12 +9,26 @@ its traceback (exit 1).
 from __future__ import annotations
 
 import argparse
+import logging
+import signal
 import sys
+import threading
 from typing import Sequence
 
 from daskem.errors import DaskemUserError
 
-EPILOG = "Exit status: 0 success, 2 bad config / data / output (one 'error:' line), 130 interrupted."
+EPILOG = ("Exit status: 0 success, 2 bad config / data / output (one 'error:' line), 1 a bug in daskem "
+          "(with its traceback), 130 interrupted (Ctrl-C), 143 terminated (SIGTERM).")
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, handled like Ctrl-C: the run stops cleanly and keeps its checkpoint."""
+
+
+def _on_signal(signum, frame) -> None:
+    """Ctrl-C or SIGTERM: silence the cluster's shutdown chatter first, then unwind (closing the cluster)."""
+    quiet_shutdown()
+    raise Terminated() if signum == signal.SIGTERM else KeyboardInterrupt()
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -23,14 +37,26 @@ def main(argv: Sequence[str] | None = None) -> int:
     from daskem.pipeline.progress import configure_logging
 
     configure_logging(-1 if args.quiet else args.verbose)
+    if threading.current_thread() is threading.main_thread():
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(signum, _on_signal)
     try:
         return args.handler(args)
     except DaskemUserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("error: interrupted; no output was marked complete", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as exc:
+        what = "terminated (SIGTERM)" if isinstance(exc, Terminated) else "interrupted"
+        print(f"error: {what}; no output was marked complete; run the same command again to resume from the "
+              "checkpoint", file=sys.stderr)
+        return 143 if isinstance(exc, Terminated) else 130
+
+
+def quiet_shutdown() -> None:
+    """Nothing but our one line after an interruption: the cluster's shutdown chatter (worker
+    tracebacks, asyncio's 'Task exception was never retrieved') stays out of the terminal."""
+    for name in ("distributed", "asyncio", "tornado", "bokeh"):
+        logging.getLogger(name).setLevel(logging.CRITICAL + 1)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -27,6 +27,8 @@ DEFAULT_FAN_IN = 8
 # Passes over the data (calls of ``map_reduce``) counted by step, while ``counting_passes`` is active.
 _pass_counts: ContextVar[Counter | None] = ContextVar("daskem_pass_counts", default=None)
 _current_step: ContextVar[str] = ContextVar("daskem_step", default="other")
+# What computes a pass: dask.compute unless ``passes_run_by`` says otherwise (a watched cluster).
+_runner: ContextVar[Callable[[list], list] | None] = ContextVar("daskem_pass_runner", default=None)
 
 
 def new_run_id(kind: str) -> str:
@@ -77,11 +79,18 @@ def map_reduce(X: da.Array, kernel, payload, *, name: str, combine, fan_in: int 
     """Compute :func:`reduction_graph` and return its root: one compute (one pass over the data), on
     the active distributed client if there is one, else on Dask's local scheduler."""
     root = reduction_graph(X, kernel, payload, name=name, combine=combine, fan_in=fan_in)
-    (result,) = dask.compute(root)
+    (result,) = compute(root)
     counts = _pass_counts.get()
     if counts is not None:
         counts[_current_step.get()] += 1
     return result
+
+
+def compute(*collections) -> tuple:
+    """``dask.compute(*collections)``, or the runner of ``passes_run_by`` when one is set: every graph
+    daskem computes goes through here, so a watched cluster watches all of them."""
+    runner = _runner.get()
+    return dask.compute(*collections) if runner is None else tuple(runner(list(collections)))
 
 
 @contextmanager
@@ -97,6 +106,17 @@ def counting_passes() -> Iterator[Counter]:
         _pass_counts.reset(token)
         if outer is not None:
             outer.update(counts)
+
+
+@contextmanager
+def passes_run_by(runner: Callable[[list], list]) -> Iterator[None]:
+    """Compute every graph made inside the block with ``runner(collections) -> results`` (see
+    ``daskem.pipeline.watchdog``), instead of ``dask.compute``."""
+    token = _runner.set(runner)
+    try:
+        yield
+    finally:
+        _runner.reset(token)
 
 
 @contextmanager

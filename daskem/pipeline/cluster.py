@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import importlib.util
 import logging
+import signal
+import threading
 import time
 from contextlib import contextmanager
 from typing import Any, Iterator
@@ -18,6 +20,20 @@ logger = logging.getLogger("daskem")
 
 
 @contextmanager
+def _workers_ignore_ctrl_c() -> Iterator[None]:
+    """Start worker processes with SIGINT ignored: a Ctrl-C on the terminal reaches the whole process
+    group, and the workers would die printing tracebacks; the client stops them itself instead."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+@contextmanager
 def connect(cluster: ClusterConfig) -> Iterator[Any]:
     """A ``distributed.Client`` on an embedded LocalCluster or the scheduler at ``cluster.address``;
     closed (and the embedded cluster shut down) on the way out, also on error."""
@@ -28,12 +44,13 @@ def connect(cluster: ClusterConfig) -> Iterator[Any]:
         # Task errors reach the client, which reports them; the workers' own copies (with their
         # tracebacks) are shown with -v only.
         verbose = logger.isEnabledFor(logging.DEBUG)
-        local = LocalCluster(
-            n_workers=cluster.n_workers, threads_per_worker=cluster.threads_per_worker,
-            memory_limit=cluster.memory_limit, processes=True, dashboard_address=":0",
-            scheduler_kwargs={"dashboard": cluster.dashboard},
-            silence_logs=logging.WARNING if verbose else logging.CRITICAL,
-        )
+        with _workers_ignore_ctrl_c():
+            local = LocalCluster(
+                n_workers=cluster.n_workers, threads_per_worker=cluster.threads_per_worker,
+                memory_limit=cluster.memory_limit, processes=True, dashboard_address=":0",
+                scheduler_kwargs={"dashboard": cluster.dashboard},
+                silence_logs=logging.WARNING if verbose else logging.CRITICAL,
+            )
         try:
             client = Client(local)
         except BaseException:

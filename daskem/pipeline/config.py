@@ -167,6 +167,11 @@ class ClusterConfig(_Section):
         "4GiB", description="Embedded cluster: memory per worker, e.g. 4GiB, 512MB, or auto."
     )
     dashboard: bool = Field(True, description="Embedded cluster: serve the Dask dashboard on a free port.")
+    timeout: float = Field(
+        120.0, gt=0,
+        description="Seconds a pass may go without any worker able to run it (all gone, all paused for memory) "
+        "or without an answer from the scheduler, before the run stops with an error instead of waiting.",
+    )
 
     @field_validator("memory_limit", mode="before")
     @classmethod

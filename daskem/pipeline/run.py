@@ -34,6 +34,7 @@ from daskem.pipeline.cluster import (
 from daskem.pipeline.config import DaskemConfig, PredictConfig
 from daskem.pipeline.progress import ProgressBars
 from daskem.pipeline.resume import resume_preprocessing, resume_slabs, run_checkpoint
+from daskem.pipeline.watchdog import watched
 
 logger = logging.getLogger("daskem")
 
@@ -144,7 +145,8 @@ def run(config: DaskemConfig, *, progress: bool = True, restart: bool = False) -
     checkpoint = run_checkpoint(config, source, restart=restart)
     timings["open"] = time.perf_counter() - t0
 
-    with connect(config.cluster) as client, ProgressBars(client, enabled=progress), counting_passes() as passes:
+    with connect(config.cluster) as client, ProgressBars(client, enabled=progress), counting_passes() as passes, \
+            watched(client, config.cluster.timeout, memory_hint=memory_hint(config)):
         cluster = cluster_summary(client, config.cluster.address is None)
         X = resume_slabs(checkpoint, config.data, fit_slabs_to_workers(config.data, X, source, cluster))
         prep = None
@@ -215,7 +217,8 @@ def predict(config: PredictConfig, *, progress: bool = True) -> RunResult:
             )
     staged = StagedOutput(config.output.local_path, overwrite=config.output.overwrite)
     staged.check()
-    with connect(config.cluster) as client, ProgressBars(client, enabled=progress):
+    with connect(config.cluster) as client, ProgressBars(client, enabled=progress), \
+            watched(client, config.cluster.timeout, memory_hint=memory_hint(config)):
         cluster = cluster_summary(client, config.cluster.address is None)
         X = fit_slabs_to_workers(config.data, X, source, cluster)
         with staged as tmp:
@@ -232,6 +235,15 @@ def predict(config: PredictConfig, *, progress: bool = True) -> RunResult:
             final = staged.commit()
     logger.info("predictions of %s written to %s", source.name, final)
     return RunResult(final, source, model, summary)
+
+
+def memory_hint(config) -> str:
+    """The fix for work that does not fit the workers' memory, in this config's terms."""
+    slabs = f"lower data.slab_mib (now {config.data.slab_mib})" if not config.data.chunk_rows else \
+        f"lower data.chunk_rows (now {config.data.chunk_rows})"
+    if config.cluster.address is None:
+        return f"raise cluster.memory_limit (now {config.cluster.memory_limit}) or {slabs}"
+    return f"give the workers more memory or {slabs}"
 
 
 def run_record(command: str, config, started_at: str, source: DataSource, X, cluster: dict[str, Any]) -> dict:

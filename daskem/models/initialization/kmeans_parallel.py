@@ -42,7 +42,7 @@ from sklearn.cluster import KMeans as LocalKMeans
 from sklearn.cluster import kmeans_plusplus
 
 from daskem.engine.checkpoint import Checkpoint
-from daskem.engine.reduction import DEFAULT_FAN_IN, map_reduce, slab_row_starts
+from daskem.engine.reduction import DEFAULT_FAN_IN, compute, map_reduce, slab_row_starts
 from daskem.kernels.draws import row_uniforms
 from daskem.kernels.nearest import nearest_tiles
 from daskem.kernels.tiles import check_finite_block, tile_rows
@@ -158,7 +158,7 @@ def first_centers(X: da.Array, seeds: Sequence[int], *, name: str) -> list[np.nd
         slab = int(np.searchsorted(starts, row, side="right")) - 1  # the last slab starting at or before row
         picks.append(dask.delayed(_pick_row, pure=True)(slabs[slab], starts[slab], row - starts[slab],
                                                        dask_key_name=(name, number)))
-    return list(dask.compute(*picks))
+    return list(compute(*picks))
 
 
 def _distinct(rows: np.ndarray) -> np.ndarray:

@@ -19,7 +19,7 @@ import numpy as np
 
 from daskem.data.checks import check_shape, check_weights
 from daskem.engine.checkpoint import Checkpoint
-from daskem.engine.reduction import map_reduce
+from daskem.engine.reduction import compute, map_reduce
 from daskem.kernels.draws import row_uniforms, seeds_from
 from daskem.kernels.mixture import resp_chunk_stats
 from daskem.kernels.params import GMMParams
@@ -201,4 +201,5 @@ def _request_stats(slab: np.ndarray, row_start: int, request: StartRequest) -> S
 
 def _first_row(X: da.Array) -> np.ndarray:
     """The first row, in float64: the shift of statistics under random responsibilities."""
-    return np.asarray(X[:1].compute(), dtype=np.float64)[0]
+    (first,) = compute(X[:1])
+    return np.asarray(first, dtype=np.float64)[0]
