@@ -73,7 +73,8 @@ class ClusterWatchdog:
         self.workers = workers
         if not workers:
             self._persisting("no-workers", "every worker is gone and none has joined for {seconds:.0f} s: start "
-                             "workers (or check why they died: out of memory?), then run again to resume")
+                             "workers, then run again to resume; if they died of memory, "
+                             f"{self.memory_hint}")
             return
         self._clear("no-workers")
         if all(info.get("status") == "paused" for info in workers.values()):
