@@ -11,6 +11,7 @@ import zarr
 from zarr.storage import LocalStore, WrapperStore
 
 import daskem
+from daskem.kernels.covariance import COVARIANCE_TYPES
 from daskem.models.selection import fit_candidates
 
 
@@ -60,7 +61,7 @@ def test_each_em_iteration_reads_each_chunk_once_whatever_the_number_of_candidat
         alone.bic(X)
         one_model = dict(store.reads)
         store.reads.clear()
-        fit_candidates(X, n_components=[4], covariance_types=["full", "tied", "diag", "spherical"], max_iter=5,
+        fit_candidates(X, n_components=[4], covariance_types=list(COVARIANCE_TYPES), max_iter=5,
                        tol=0, **_start(4))
         four_models = dict(store.reads)
     # one model: 1 initialization pass, 5 EM iterations, 1 pass for its BIC; each chunk read once per pass
