@@ -33,9 +33,10 @@ def registered(name: str):
         yield get_covariance_type(name)
         return
     assert name == ScalarCovariance.name, name
-    register(ScalarCovariance())
+    toy = ScalarCovariance()
+    register(toy)
     try:
-        yield get_covariance_type(name)
+        yield toy
     finally:
         del COVARIANCE_TYPES[name]
 

@@ -28,10 +28,12 @@ MATRIX_TYPES = [cov for cov in COVARIANCE_TYPES.values() if isinstance(cov, Matr
 # ----- the registry and the interface ------------------------------------------------------------
 
 
-def test_registry_maps_each_name_to_its_type():
-    for name, cov in COVARIANCE_TYPES.items():
-        assert cov.name == name
-        assert get_covariance_type(name) is cov
+def test_a_registered_type_is_found_under_its_own_name_until_removed():
+    with registered(ScalarCovariance.name) as scalar:
+        assert get_covariance_type("scalar") is scalar and list(COVARIANCE_TYPES)[-1] == "scalar"
+    assert "scalar" not in COVARIANCE_TYPES
+    with pytest.raises(ValueError, match="unknown covariance_type 'scalar'"):
+        get_covariance_type("scalar")
 
 
 def test_unknown_covariance_type_error_lists_every_registered_type():

@@ -36,8 +36,17 @@ def sklearn_parameters(cov, X, resp, reg_covar=1e-6):
     return nk, means, covariances, _compute_precision_cholesky(covariances, cov.name)
 
 
-def test_scikit_learn_knows_the_four_built_in_types():
+def test_the_scikit_learn_comparisons_cover_the_four_built_in_types():
     assert SKLEARN_TYPES == ["full", "tied", "diag", "spherical"]
+
+
+@pytest.mark.parametrize("name", SKLEARN_TYPES)
+def test_registry_maps_each_name_to_the_type_scikit_learn_means_by_it(name, data):
+    X, resp = data
+    _, _, expected = _estimate_gaussian_parameters(X, resp, 0.1, name)
+    _, covariances = shifted_m_step(get_covariance_type(name), X, resp, X[:K], 0.1)
+    assert np.shape(covariances) == expected.shape
+    np.testing.assert_allclose(covariances, expected, **TOL)
 
 
 @SKLEARN_COVARIANCES
