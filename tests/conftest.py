@@ -1,4 +1,4 @@
-"""Shared fixtures: run the command line as users do, in a subprocess."""
+"""Shared fixtures: run the command line as users do, in a subprocess; every covariance type."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from covariance_reference import SHARED_SUITE_TYPES, registered
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -38,3 +39,10 @@ def write_config(path: Path, config: dict) -> Path:
     """Write ``config`` as YAML to ``path``; returns ``path``."""
     path.write_text(yaml.safe_dump(config, sort_keys=False))
     return path
+
+
+@pytest.fixture(params=SHARED_SUITE_TYPES)
+def cov(request):
+    """Each registered covariance type, then the toy ``scalar`` type, registered for this test only."""
+    with registered(request.param) as covariance_type:
+        yield covariance_type

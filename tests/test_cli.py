@@ -15,6 +15,7 @@ from conftest import cli_env, write_config
 
 from daskem.cli import main
 from daskem.data.stores import open_array
+from daskem.kernels.covariance import COVARIANCE_TYPES
 from daskem.models.preprocessing import PreprocessedModel
 from daskem.outputs.model_files import load_model
 
@@ -60,7 +61,7 @@ def assert_user_error(done, message):
 
 
 @pytest.mark.cluster
-@pytest.mark.parametrize("kind", ["kmeans", "full", "tied", "diag", "spherical"])
+@pytest.mark.parametrize("kind", ["kmeans", *COVARIANCE_TYPES])
 def test_run_writes_model_predictions_and_run_json(tmp_path, run_cli, store, kind):
     out = tmp_path / "out"
     if kind == "kmeans":  # also: a file:// URL from ${ENV}, --set, and overwrite of an existing output

@@ -8,6 +8,7 @@ import dask
 import dask.array as da
 import numpy as np
 import pytest
+from counting import counted_array, recorded_gathers
 from distributed import Client, LocalCluster
 from sklearn.datasets import make_blobs
 
@@ -99,10 +100,27 @@ def test_fit_on_local_cluster_with_worker_processes_equals_local_scheduler(clien
 
 
 def test_kmeans_on_local_cluster_gathers_only_the_statistics(client):
-    chunked = da.from_array(_blobs(20_000), chunks=(1000, -1))
-    fitted = daskem.KMeans(4, random_state=0).fit(chunked)
-    assert fitted.converged_
-    assert fitted.cluster_centers_.shape == (4, 6)
+    block_bytes = {}
+    iteration_root_bytes = {}
+    for n_rows in (8_000, 32_000):
+        chunked = da.from_array(_blobs(n_rows), chunks=(2000, -1))
+        with recorded_gathers(client) as record:
+            fitted = daskem.KMeans(4, random_state=0).fit(chunked)
+        assert fitted.converged_ and fitted.cluster_centers_.shape == (4, 6)
+        names = {key[0] for key in record["submitted"] if isinstance(key, tuple)}
+        block_bytes[n_rows] = record["sizes"][chunked.__dask_keys__()[0][0]]
+        for key in record["wanted"]:
+            name, index = key
+            # only the root of each reduction tree (no level above it), or the first centre's row
+            tree = re.fullmatch(r"(.+-reduce)(\d+)", name)
+            assert name.endswith("-init-first") or (tree and f"{tree[1]}{int(tree[2]) + 1}" not in names), key
+            assert index == 0 and record["sizes"][key] < block_bytes[n_rows] / 10, (key, record["sizes"][key])
+        iteration_roots = [key for key in record["wanted"] if re.search(r"-iter\d+-reduce", key[0])]
+        assert len(iteration_roots) == fitted.n_iter_ + 1  # converged: the last pass only confirms
+        iteration_root_bytes[n_rows] = {record["sizes"][key] for key in iteration_roots}
+    # four times the rows, the same statistics: the gathered roots do not grow with N
+    assert iteration_root_bytes[8_000] == iteration_root_bytes[32_000] and len(iteration_root_bytes[8_000]) == 1
+    assert block_bytes[8_000] == block_bytes[32_000] > 90_000  # a 2000 x 6 float64 block: 96 kB
 
 
 def test_each_iteration_is_logged_with_objective_change_and_seconds(caplog):
@@ -115,15 +133,26 @@ def test_each_iteration_is_logged_with_objective_change_and_seconds(caplog):
         assert re.fullmatch(r"k-means iteration \d+: objective [-+.\de]+, change [-+.\dena]+, \d+\.\d\d s", line), line
 
 
-def test_several_candidates_advance_in_one_pass_and_match_separate_fits():
-    X = da.from_array(_blobs(), chunks=(700, -1))
+def test_several_candidates_advance_in_one_pass_and_match_separate_fits(tmp_path):
+    store, X = counted_array(tmp_path / "blobs.zarr", _blobs(), chunk_rows=700)
     starts = [_blobs()[i : i + 4] for i in (0, 10, 20)]
-    together = run_em(X, [KMeansFamily()] * 3, [KMeansParams(c) for c in starts], max_iter=50, tol=0,
-                      run_id="together")
-    for start, result in zip(starts, together):
-        (alone,) = run_em(X, [KMeansFamily()], [KMeansParams(start)], max_iter=50, tol=0, run_id="alone")
-        np.testing.assert_array_equal(result.params.centers, alone.params.centers)
-        assert result.objective == alone.objective and result.n_iter == alone.n_iter
+    with dask.config.set(scheduler="threads"):  # reads in this process, where they are counted
+        together = run_em(X, [KMeansFamily()] * 3, [KMeansParams(c) for c in starts], max_iter=50, tol=0,
+                          run_id="together")
+        reads_together = dict(store.reads)
+        passes_alone = []
+        for start, result in zip(starts, together, strict=True):
+            store.reads.clear()
+            (alone,) = run_em(X, [KMeansFamily()], [KMeansParams(start)], max_iter=50, tol=0, run_id="alone")
+            np.testing.assert_array_equal(result.params.centers, alone.params.centers)
+            assert result.objective == alone.objective and result.n_iter == alone.n_iter
+            # every chunk read once per pass: one per iteration, plus one to score unconverged centres
+            assert len(store.reads) == X.numblocks[0] and len(set(store.reads.values())) == 1
+            passes_alone.append(store.reads.most_common(1)[0][1])
+            assert passes_alone[-1] == len(alone.history) + (not alone.converged)
+    assert len(set(passes_alone)) > 1  # the candidates stop at different passes
+    # together: each chunk read once per pass of the longest candidate, not once per candidate and pass
+    assert reads_together == {key: max(passes_alone) for key in store.reads}
 
 
 def test_map_reduce_refuses_a_fan_in_below_two():

@@ -12,6 +12,7 @@ import zarr
 
 import daskem
 from daskem.errors import DaskemUserError, OutputError
+from daskem.kernels.covariance import COVARIANCE_TYPES
 from daskem.models.gaussian_mixture import GaussianMixture
 from daskem.models.kmeans import KMeans
 from daskem.models.preprocessing import (
@@ -23,8 +24,6 @@ from daskem.outputs.model_files import load_model, save_model
 from daskem.outputs.predictions import write_predictions
 from daskem.outputs.staging import StagedOutput
 from daskem.pipeline.config import PCAConfig, PreprocessConfig
-
-COVARIANCE_TYPES = ["full", "tied", "diag", "spherical"]
 
 
 @pytest.fixture(scope="module")

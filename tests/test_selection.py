@@ -1,32 +1,14 @@
 """Several candidate models in the same passes: same models as alone, one read per chunk per pass."""
 
-import collections
-import threading
-
 import dask
 import dask.array as da
 import numpy as np
 import pytest
-import zarr
-from zarr.storage import LocalStore, WrapperStore
+from counting import counted_array
 
 import daskem
+from daskem.kernels.covariance import COVARIANCE_TYPES
 from daskem.models.selection import fit_candidates
-
-
-class CountingStore(WrapperStore):
-    """A real on-disk store that counts the reads of each chunk key."""
-
-    def __init__(self, store):
-        super().__init__(store)
-        self.reads = collections.Counter()
-        self._lock = threading.Lock()
-
-    async def get(self, key, prototype, byte_range=None):
-        if "/c/" in key or key.startswith("c/"):
-            with self._lock:
-                self.reads[key] += 1
-        return await self._store.get(key, prototype, byte_range)
 
 
 def _mixture(n_rows=6000, seed=0):
@@ -39,11 +21,7 @@ def _mixture(n_rows=6000, seed=0):
 @pytest.fixture
 def counted(tmp_path):
     """The mixture in a Zarr store on disk, opened through a counting wrapper, 12 chunks of rows."""
-    path = tmp_path / "data.zarr"
-    zarr.create_array(LocalStore(path), shape=(6000, 3), chunks=(500, 3), dtype="float64")[:] = _mixture()
-    store = CountingStore(LocalStore(path, read_only=True))
-    array = zarr.open_array(store, mode="r")
-    return store, da.from_zarr(array, chunks=(500, 3))
+    return counted_array(tmp_path / "data.zarr", _mixture(), chunk_rows=500)
 
 
 def _start(k, seed=1):
@@ -60,7 +38,7 @@ def test_each_em_iteration_reads_each_chunk_once_whatever_the_number_of_candidat
         alone.bic(X)
         one_model = dict(store.reads)
         store.reads.clear()
-        fit_candidates(X, n_components=[4], covariance_types=["full", "tied", "diag", "spherical"], max_iter=5,
+        fit_candidates(X, n_components=[4], covariance_types=list(COVARIANCE_TYPES), max_iter=5,
                        tol=0, **_start(4))
         four_models = dict(store.reads)
     # one model: 1 initialization pass, 5 EM iterations, 1 pass for its BIC; each chunk read once per pass

@@ -5,13 +5,13 @@ import warnings
 import dask.array as da
 import numpy as np
 import pytest
+from covariance_reference import SKLEARN_TYPES
 from sklearn import cluster, mixture
 from sklearn.datasets import load_iris, load_wine, make_blobs
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.preprocessing import StandardScaler
 
 import daskem
-from daskem.kernels.covariance import COVARIANCE_TYPES
 
 RTOL = 1e-8
 N_ITER = 15
@@ -52,7 +52,7 @@ def sklearn_start(X, n_components, covariance_type):
 
 
 @pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")
-@pytest.mark.parametrize("covariance_type", sorted(COVARIANCE_TYPES))
+@pytest.mark.parametrize("covariance_type", sorted(SKLEARN_TYPES))
 @pytest.mark.parametrize("dataset", sorted(DATASETS))
 def test_gmm_matches_sklearn_from_same_start(dataset, covariance_type):
     X, n_components = DATASETS[dataset]()
@@ -72,7 +72,7 @@ def test_gmm_matches_sklearn_from_same_start(dataset, covariance_type):
     np.testing.assert_allclose(fitted.score_samples(chunked).compute(), expected.score_samples(X), rtol=RTOL)
 
 
-@pytest.mark.parametrize("covariance_type", sorted(COVARIANCE_TYPES))
+@pytest.mark.parametrize("covariance_type", sorted(SKLEARN_TYPES))
 def test_gmm_converges_at_the_same_iteration_as_sklearn(covariance_type):
     X, n_components = DATASETS["anisotropic"]()
     init = sklearn_start(X, n_components, covariance_type)

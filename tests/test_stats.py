@@ -1,17 +1,17 @@
-"""Sufficient statistics merge exactly: any chunking, empty chunks included, in any order."""
+"""Sufficient statistics merge exactly: any chunking, empty chunks included, in any order.
+
+Part of the shared covariance suite: each test taking ``cov`` runs over every registered type and
+the toy ``scalar`` type (see conftest.py), with parameters from the naive M-step.
+"""
 
 import functools
 
 import numpy as np
 import pytest
-from hypothesis import given, settings
+from covariance_reference import naive_parameters
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from sklearn.mixture._gaussian_mixture import (
-    _compute_precision_cholesky,
-    _estimate_gaussian_parameters,
-)
 
-from daskem.kernels.covariance import COVARIANCE_TYPES
 from daskem.kernels.mixture import gmm_chunk_stats
 from daskem.kernels.nearest import hard_chunk_stats
 from daskem.kernels.params import GMMParams
@@ -19,7 +19,6 @@ from daskem.kernels.stats import SuffStats, merge_all
 
 N_SAMPLES, D, K = 60, 3, 3  # rows, features, components
 RTOL = 1e-12
-COVARIANCES = pytest.mark.parametrize("cov", list(COVARIANCE_TYPES.values()), ids=list(COVARIANCE_TYPES))
 EXPLICIT_CHUNK_SIZES = [
     [N_SAMPLES],
     [0, N_SAMPLES],
@@ -41,16 +40,16 @@ def data():
     return X, resp
 
 
-@functools.lru_cache
-def gmm_parameters(name):
+def gmm_parameters(cov):
+    """Weights, means (moved off the optimum) and precision factors of one GMM of type ``cov``."""
     X, resp = data()
-    nk, means, covariances = _estimate_gaussian_parameters(X, resp, 1e-6, name)
-    return nk / nk.sum(), means + 0.1, _compute_precision_cholesky(covariances, name)
+    means, covariances = naive_parameters(cov, X, resp)
+    return resp.sum(axis=0) / len(X), means + 0.1, cov.precision_cholesky(covariances)
 
 
 def kernels(cov):
     """The two chunk kernels as functions of a slab, with fixed parameters."""
-    weights, means, precisions_cholesky = gmm_parameters(cov.name)
+    weights, means, precisions_cholesky = gmm_parameters(cov)
     return {
         "gmm": lambda slab: gmm_chunk_stats(slab, GMMParams(weights, means, None, precisions_cholesky), cov),
         "hard": lambda slab: hard_chunk_stats(slab, means, cov),
@@ -79,9 +78,9 @@ def assert_stats_close(actual: SuffStats, expected: SuffStats):
             np.testing.assert_allclose(a, e, rtol=RTOL, atol=RTOL * max(np.abs(e).max(), 1.0))
 
 
-@COVARIANCES
 @KERNEL_NAMES
-@settings(max_examples=25, deadline=None)
+# ``cov`` only registers a type for the test: nothing to reset between examples
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(boundaries=st.lists(st.integers(0, N_SAMPLES), max_size=6))
 def test_merge_of_chunk_stats_equals_whole_array_stats(cov, kernel, boundaries):
     X, _ = data()
@@ -89,7 +88,6 @@ def test_merge_of_chunk_stats_equals_whole_array_stats(cov, kernel, boundaries):
     assert_stats_close(merge_all(run(slab) for slab in split(X, boundaries)), run(X))
 
 
-@COVARIANCES
 @KERNEL_NAMES
 @pytest.mark.parametrize("sizes", EXPLICIT_CHUNK_SIZES, ids=str)
 def test_merge_of_chunk_stats_equals_whole_array_stats_for_explicit_chunkings(cov, kernel, sizes):
@@ -100,7 +98,6 @@ def test_merge_of_chunk_stats_equals_whole_array_stats_for_explicit_chunkings(co
     assert_stats_close(merge_all(run(slab) for slab in slabs), run(X))
 
 
-@COVARIANCES
 @KERNEL_NAMES
 def test_zeros_is_the_neutral_element_of_merge(cov, kernel):
     X, _ = data()
@@ -119,7 +116,6 @@ def tree_merge(stats, fan_in=2):
     return stats[0]
 
 
-@COVARIANCES
 @KERNEL_NAMES
 def test_merge_order_does_not_matter_tree_or_chain(cov, kernel):
     X, _ = data()

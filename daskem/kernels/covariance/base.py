@@ -2,10 +2,10 @@
 
 Each type knows the shapes of its parameters and statistics, the M-step from shifted sufficient
 statistics, the precision Cholesky factors (scikit-learn's conventions exactly) and the Gaussian
-log-density. Types come in two families: matrix types (``full``, ``tied``) and variance types
-(``diag``, ``spherical``); within a family they differ only in how per-component quantities are
-pooled (``_pool``) and expanded back to one entry per component (``_expand``), and in the few
-products where pooling first saves work.
+log-density. Types come in two kinds, each with its base class: matrix types (``MatrixCovariance``:
+``full``, ``tied``) and variance types (``VarianceCovariance``: ``diag``, ``spherical``). Within a
+kind they differ only in how per-component quantities are pooled (``_pool``) and expanded back to
+one entry per component (``_expand``), and in the few products where pooling first saves work.
 """
 
 from __future__ import annotations
@@ -22,7 +22,11 @@ LOG_2PI = math.log(2.0 * math.pi)
 
 
 class CovarianceType(ABC):
-    """Interface of a covariance type; the methods common to all types are implemented here."""
+    """Interface of a covariance type; the methods common to all types are implemented here.
+
+    Every abstract method is a hook that the common methods or the kernels call. A kind's base
+    class implements the hooks its types share; a type subclasses one kind and defines the rest.
+    """
 
     name: str
     # How messages call one entry of ``covariances_`` and what it must be.
@@ -63,9 +67,28 @@ class CovarianceType(ABC):
     def squared_mahalanobis(self, rows: CentredRows, terms: Any) -> np.ndarray:
         """(n, K) squared Mahalanobis distances of centred rows to the centred means."""
 
-    # ----- implemented once per family ----------------------------------------------------
-    # Families also provide the private hooks used below: _outer, _cross, _regularize, _draw
-    # and _check_positive.
+    # ----- implemented once per kind (matrix or variance) ----------------------------------
+
+    @abstractmethod
+    def _outer(self, offsets: np.ndarray) -> np.ndarray:
+        """Per-component ``d_k d_k^T`` of (K, D) offsets: (K, D, D), or its diagonal ``d_k**2``, (K, D)."""
+
+    @abstractmethod
+    def _cross(self, shift: np.ndarray, sums: np.ndarray) -> np.ndarray:
+        """Per-component ``d_k a_k^T + a_k d_k^T`` of two (K, D) arrays, or its diagonal, shaped like ``_outer``."""
+
+    @abstractmethod
+    def _regularize(self, covariances: np.ndarray, reg_covar: float) -> np.ndarray:
+        """Covariances of this type's shape with ``reg_covar`` added to every variance."""
+
+    @abstractmethod
+    def _draw(self, rng: np.random.Generator, mean: np.ndarray, covariance: np.ndarray, count: int) -> np.ndarray:
+        """(count, D) rows drawn from N(mean, covariance); ``covariance`` is one entry of ``_expand``."""
+
+    @abstractmethod
+    def _check_positive(self, values: np.ndarray, label: str, noun: str) -> None:
+        """Raise a ValueError naming ``label`` and the entry unless ``values`` are valid for this kind
+        (symmetric positive definite matrices, or positive variances)."""
 
     @abstractmethod
     def precision_cholesky(self, covariances: np.ndarray, *, reg_covar: float | None = None) -> np.ndarray:
@@ -87,10 +110,6 @@ class CovarianceType(ABC):
     def log_det_cholesky(self, precisions_cholesky: np.ndarray, n_features: int) -> np.ndarray:
         """Log-determinant of each precision Cholesky factor: (K,), or a 0-d value for a shared one."""
 
-    @abstractmethod
-    def as_full(self, covariances: np.ndarray, n_components: int, n_features: int) -> np.ndarray:
-        """(K, D, D) full covariance matrices equivalent to these parameters."""
-
     # ----- common to all types ------------------------------------------------------------
 
     def s2_shape(self, n_components: int, n_features: int) -> tuple[int, ...]:
@@ -110,14 +129,6 @@ class CovarianceType(ABC):
         outer = self._outer(centred_shift)
         correction = self._cross(centred_shift, weighted_sums) - _per_component(nk, outer) * outer
         return self._weighted_products(rows, resp) - self._pool(correction)
-
-    def chunk_s2(self, X: np.ndarray, resp: np.ndarray, shift: np.ndarray) -> np.ndarray:
-        """Second moments of one slab around ``shift`` (K, D), weighted by ``resp`` (n, K), pooled by type."""
-        shift = np.asarray(shift, dtype=np.float64)
-        reference = shift.mean(axis=0)
-        rows = CentredRows.of(X, reference)
-        resp = np.asarray(resp, dtype=np.float64)
-        return self.second_moments(rows, resp, shift - reference, resp.T @ rows.values)
 
     def covariances_from_stats(
         self, nk: np.ndarray, offsets: np.ndarray, s2: np.ndarray, reg_covar: float
@@ -144,19 +155,6 @@ class CovarianceType(ABC):
         log_density += log_det - 0.5 * n_features * LOG_2PI
         return log_density
 
-    def log_prob(self, X: np.ndarray, means: np.ndarray, precisions_cholesky: np.ndarray) -> np.ndarray:
-        """(n, K) log N(x_i; mu_k, Sigma_k), computed on data centred at the mean of the means.
-
-        Centring first keeps float32 data with a large common offset accurate: the products only
-        ever see differences of the size of the spread between components.
-        """
-        means = np.asarray(means, dtype=np.float64)
-        precisions_cholesky = np.asarray(precisions_cholesky, dtype=np.float64)
-        reference = means.mean(axis=0)
-        terms = self.density_terms(means - reference, precisions_cholesky)
-        log_det = self.log_det_cholesky(precisions_cholesky, means.shape[1])
-        return self.log_gaussian(CentredRows.of(X, reference), terms, log_det)
-
     def sample(
         self, rng: np.random.Generator, means: np.ndarray, covariances: np.ndarray, counts: np.ndarray
     ) -> np.ndarray:
@@ -173,10 +171,6 @@ class CovarianceType(ABC):
     def check_precisions(self, precisions: np.ndarray, n_components: int, n_features: int) -> np.ndarray:
         """Validate a user's ``precisions_init`` (shape, finite, symmetric, positive); return float64."""
         return self._check_parameter(precisions, n_components, n_features, "precisions_init", "precision")
-
-    def check_covariances(self, covariances: np.ndarray, n_components: int, n_features: int) -> np.ndarray:
-        """Validate loaded or user-given ``covariances`` the same way; return them as float64."""
-        return self._check_parameter(covariances, n_components, n_features, "covariances", self._noun)
 
     def _check_parameter(self, values, n_components: int, n_features: int, label: str, noun: str):
         values = np.asarray(values, dtype=np.float64)

@@ -9,7 +9,7 @@ from daskem.kernels.covariance.base import CovarianceType
 from daskem.kernels.tiles import pack_symmetric, unpack_symmetric
 
 
-class _MatrixCovariance(CovarianceType):
+class MatrixCovariance(CovarianceType):
     """Types whose parameters are D x D matrices: one per component (full) or one shared (tied)."""
 
     _noun = "covariance"
@@ -92,11 +92,8 @@ class _MatrixCovariance(CovarianceType):
                     f"(smallest eigenvalue {smallest:.3g})"
                 )
 
-    def as_full(self, covariances, n_components, n_features):
-        return np.array(self._expand(np.asarray(covariances, dtype=np.float64), n_components, n_features))
 
-
-class FullCovariance(_MatrixCovariance):
+class FullCovariance(MatrixCovariance):
     """Each component has its own general covariance matrix."""
 
     name = "full"
@@ -138,7 +135,7 @@ class FullCovariance(_MatrixCovariance):
         return np.maximum(distances, 0.0, out=distances)
 
 
-class TiedCovariance(_MatrixCovariance):
+class TiedCovariance(MatrixCovariance):
     """All components share one covariance matrix, pooled over components."""
 
     name = "tied"

@@ -7,7 +7,7 @@ import numpy as np
 from daskem.kernels.covariance.base import CovarianceType, first_index
 
 
-class _VarianceCovariance(CovarianceType):
+class VarianceCovariance(CovarianceType):
     """Types whose parameters are variances: per component and feature (diag) or per component (spherical)."""
 
     _noun = "variance"
@@ -73,14 +73,8 @@ class _VarianceCovariance(CovarianceType):
             what = self._describe(not_positive, noun)
             raise ValueError(f"{label} is invalid: {what} is {values[not_positive]:.3g}, not positive")
 
-    def as_full(self, covariances, n_components, n_features):
-        variances = self._expand(np.asarray(covariances, dtype=np.float64), n_components, n_features)
-        full = np.zeros((n_components, n_features, n_features))
-        full[:, np.arange(n_features), np.arange(n_features)] = variances
-        return full
 
-
-class DiagCovariance(_VarianceCovariance):
+class DiagCovariance(VarianceCovariance):
     """Each component has its own diagonal covariance: one variance per feature."""
 
     name = "diag"
@@ -101,7 +95,7 @@ class DiagCovariance(_VarianceCovariance):
         return f"{noun} of feature {index[1]} in component {index[0]}"
 
 
-class SphericalCovariance(_VarianceCovariance):
+class SphericalCovariance(VarianceCovariance):
     """Each component has one variance shared by all features (the mean of its diagonal variances)."""
 
     name = "spherical"
