@@ -12,6 +12,8 @@ from functools import cached_property
 
 import numpy as np
 
+from daskem.errors import DataError
+
 
 def packed_indices(n_features: int) -> tuple[np.ndarray, np.ndarray]:
     """Row and column indices of the upper triangle, in the order of ``CentredRows.packed_outer``."""
@@ -108,12 +110,13 @@ def unpack_symmetric(packed: np.ndarray, n_features: int) -> np.ndarray:
 
 
 def check_finite_block(block: np.ndarray, row_start: int) -> None:
-    """Raise a ValueError naming the first row holding NaN or infinity, and the fix."""
+    """Raise a ``DataError`` naming the first row holding NaN or infinity, and the fix (raised in a
+    worker's task, it reaches the client with its class)."""
     finite_rows = np.isfinite(block).all(axis=1)
     if not finite_rows.all():
         bad = np.flatnonzero(~finite_rows)
         row_end = row_start + block.shape[0]
-        raise ValueError(
+        raise DataError(
             f"X has NaN or infinite values in {bad.size} row(s) of the chunk holding rows "
             f"{row_start}-{row_end - 1}, first at row {row_start + bad[0]}: "
             "drop or impute those rows before fitting"
