@@ -8,7 +8,7 @@ from numbers import Integral, Real
 import numpy as np
 from sklearn.base import BaseEstimator, DensityMixin
 from sklearn.exceptions import ConvergenceWarning
-from sklearn.utils._param_validation import Interval, StrOptions
+from sklearn.utils._param_validation import Interval
 from sklearn.utils.validation import check_is_fitted
 
 from daskem.data.checks import as_row_blocks, check_shape, check_weights
@@ -23,7 +23,7 @@ from daskem.models.initialization.seeding import (
     gmm_params_from_random_responsibilities,
     initial_centers,
 )
-from daskem.models.parameters import SHARED_PARAMETER_CONSTRAINTS, new_run_id
+from daskem.models.parameters import SHARED_PARAMETER_CONSTRAINTS, Choices, new_run_id
 
 INIT_PARAMS = ("kmeans", "k-means||", "k-means++", "random", "random_from_data")
 
@@ -52,7 +52,7 @@ class GaussianMixture(DensityMixin, BaseEstimator):
         "n_components": [Interval(Integral, 1, None, closed="left")],
         "covariance_type": [str],  # checked against the registry, whose error lists the choices
         "reg_covar": [Interval(Real, 0.0, None, closed="left")],
-        "init_params": [StrOptions(set(INIT_PARAMS))],
+        "init_params": [Choices(INIT_PARAMS)],
         "weights_init": ["array-like", None],
         "means_init": ["array-like", None],
         "precisions_init": ["array-like", None],

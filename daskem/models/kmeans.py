@@ -8,7 +8,7 @@ from numbers import Integral
 import numpy as np
 from sklearn.base import BaseEstimator, ClusterMixin, TransformerMixin
 from sklearn.exceptions import ConvergenceWarning
-from sklearn.utils._param_validation import Interval, StrOptions
+from sklearn.utils._param_validation import Interval
 from sklearn.utils.validation import check_is_fitted
 
 from daskem.data.checks import as_row_blocks, check_shape
@@ -18,7 +18,7 @@ from daskem.kernels import nearest
 from daskem.kernels.draws import seeds_from
 from daskem.models.families import KMeansFamily, KMeansParams
 from daskem.models.initialization.seeding import kmeans_initial_centers
-from daskem.models.parameters import SHARED_PARAMETER_CONSTRAINTS, new_run_id
+from daskem.models.parameters import SHARED_PARAMETER_CONSTRAINTS, Choices, new_run_id
 
 INIT_METHODS = ("k-means||", "k-means++", "random")
 
@@ -46,7 +46,7 @@ class KMeans(ClusterMixin, TransformerMixin, BaseEstimator):
 
     _parameter_constraints = {
         "n_clusters": [Interval(Integral, 1, None, closed="left")],
-        "init": [StrOptions(set(INIT_METHODS)), "array-like"],
+        "init": [Choices(INIT_METHODS), "array-like"],
         **SHARED_PARAMETER_CONSTRAINTS,
     }
 

@@ -248,11 +248,9 @@ def kmeans_parallel(
 
     With fewer than k distinct candidates, the missing centres are the distinct rows of a
     D^2-weighted sample of the rows no candidate covers (drawn in the counting pass); only if X has
-    fewer than k distinct rows are centres repeated, with a warning.
+    fewer than k distinct rows are centres repeated, with a warning. ``oversampling_factor`` and
+    ``n_rounds`` are the estimators' validated parameters (``SHARED_PARAMETER_CONSTRAINTS``).
     """
-    if oversampling_factor <= 0 or n_rounds < 1:
-        raise ValueError(f"k-means|| needs oversampling_factor > 0 and n_rounds >= 1, "
-                         f"got {oversampling_factor} and {n_rounds}")
     seeds = [int(seed) for seed in seeds]
     oversampling = float(oversampling_factor) * n_clusters
     candidates = first_centers(X, seeds, name=f"{name}-first")
