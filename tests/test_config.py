@@ -362,3 +362,57 @@ def test_lists_of_components_and_covariance_types_are_for_gmm_only():
         parse_config({**base, "model": {"kind": "gmm", "n_components": [2, 2]}})
     with pytest.raises(ConfigError, match=r"model.criterion"):
         parse_config({**base, "model": {"kind": "gmm", "criterion": "bics"}})
+
+
+USAGE = Path(__file__).resolve().parents[1] / "docs" / "usage.md"
+MODEL_TABLE_HEADER = "| key | gmm default | kmeans default | what it sets |"
+
+
+def _cells(line: str) -> list[str]:
+    """The cells of a Markdown table row; ``\\|`` is a pipe inside a cell."""
+    return [cell.strip().replace("\\|", "|") for cell in re.split(r"(?<!\\)\|", line.strip())[1:-1]]
+
+
+def _documented(cell: str):
+    text = cell.strip("`")
+    for convert in (int, float):
+        try:
+            return convert(text)
+        except ValueError:
+            pass
+    return None if text == "null" else text
+
+
+def test_usage_documents_every_model_key_with_the_codes_defaults():
+    from daskem.models.selection import fit_candidates
+
+    lines = USAGE.read_text().splitlines()
+    start = lines.index(MODEL_TABLE_HEADER) + 2
+    rows = {}
+    for line in lines[start:]:
+        if not line.startswith("|"):
+            break
+        key, gmm, kmeans, _ = _cells(line)
+        rows[key.strip("`")] = {"gmm": gmm, "kmeans": kmeans}
+    assert list(rows) == list(ModelConfig.model_fields)
+    criterion = inspect.signature(fit_candidates).parameters["criterion"].default
+    for key, documented in rows.items():
+        for kind, cell in documented.items():
+            if key == "kind":
+                assert cell == "—"
+            elif key == "criterion":
+                assert _documented(cell) == criterion
+            else:
+                model = parse_config(minimal(kind=kind)).model
+                expected = getattr(model, key)
+                assert (cell == "—") == (expected is None), (key, kind)
+                if expected is not None:
+                    assert _documented(cell) == expected and type(_documented(cell)) is type(expected), (key, kind)
+
+
+@pytest.mark.parametrize("section", [DataConfig, ClusterConfig, PreprocessConfig, OutputConfig],
+                         ids=lambda m: m.__name__)
+def test_usage_names_every_key_of_each_section(section):
+    name = {DataConfig: "data", ClusterConfig: "cluster", PreprocessConfig: "preprocess", OutputConfig: "output"}
+    row = next(line for line in USAGE.read_text().splitlines() if line.startswith(f"| `{name[section]}` |"))
+    assert [key for key in section.model_fields if f"`{key}`" not in row and f"{key}:" not in row] == []
