@@ -1,6 +1,8 @@
 """Errors a user can fix: the command line prints them as one line and exits with status 2.
 
-Anything that is not a ``DaskemUserError`` is a bug and keeps its traceback.
+Each is raised where the problem is found, also inside a Dask task on a worker (distributed
+re-raises it on the client with its class). Anything that is not a ``DaskemUserError`` is a bug
+and keeps its traceback. Every class subclasses ``ValueError``, as scikit-learn's API expects.
 """
 
 from __future__ import annotations
@@ -15,7 +17,13 @@ class ConfigError(DaskemUserError):
 
 
 class DataError(DaskemUserError):
-    """The data store cannot be opened or does not hold a 2-D numeric array."""
+    """The data cannot be fitted as given: a store that cannot be opened, not a 2-D numeric array,
+    rows holding NaN or infinity, fewer rows than components."""
+
+
+class FitError(DaskemUserError):
+    """The fit cannot start or go on: explicit initial parameters that do not match the data, or a
+    component whose covariance collapsed; the message names the parameter or component and the fix."""
 
 
 class OutputError(DaskemUserError):

@@ -1,10 +1,14 @@
-"""Every bad input fails with a ValueError that names the problem and the fix."""
+"""Every bad input fails with a ValueError that names the problem and the fix; the user errors
+among them are ``DaskemUserError`` subclasses, raised where the problem is found."""
+
+import os
 
 import dask.array as da
 import numpy as np
 import pytest
 
 import daskem
+from daskem.errors import DaskemUserError, DataError, FitError
 
 
 @pytest.fixture
@@ -97,3 +101,66 @@ def test_predicting_with_other_features_is_refused(X):
     fitted = daskem.KMeans(2, random_state=0).fit(X)
     with pytest.raises(ValueError, match="X has 4 features, but the model was fitted on 3"):
         fitted.predict(np.zeros((5, 4)))
+
+
+def _nan_row(X):
+    X = X.copy()
+    X[57, 1] = np.nan
+    return daskem.KMeans(2, random_state=0).fit(da.from_array(X, chunks=(50, -1)))
+
+
+def _collapse(X):
+    X = np.vstack([np.zeros((50, 2)), np.random.default_rng(0).normal(5, 1, size=(50, 2))])
+    return daskem.GaussianMixture(2, reg_covar=0.0, weights_init=[0.5, 0.5], means_init=[[0, 0], [5, 5]],
+                                  precisions_init=np.tile(np.eye(2), (2, 1, 1)), max_iter=3).fit(X)
+
+
+USER_ERRORS = [
+    (_nan_row, DataError, "NaN or infinite values"),
+    (lambda X: daskem.GaussianMixture(201).fit(X), DataError, "X has 200 rows but n_components=201"),
+    (lambda X: daskem.KMeans(2).fit(X[:, 0]), DataError, "X must be 2-D"),
+    (lambda X: daskem.KMeans(2, random_state=0).fit(X).predict(X[:, :2]), DataError, "fitted on 3"),
+    (lambda X: daskem.KMeans(2, init=np.zeros((2, 2))).fit(X), FitError, "init has shape"),
+    (lambda X: daskem.GaussianMixture(2, weights_init=[0.7, 0.7]).fit(X), FitError, "must sum to 1"),
+    (lambda X: daskem.GaussianMixture(2, precisions_init=-np.ones((2, 3, 3))).fit(X), FitError, "precisions_init is"),
+    (lambda X: daskem.GaussianMixture(2, covariance_type="diag", precisions_init=-np.ones((2, 3))).fit(X),
+     FitError, "precisions_init is invalid"),
+    (_collapse, FitError, "not positive definite"),
+]
+
+
+USER_ERROR_IDS = ["nan-row", "too-few-rows", "1-d", "other-features", "init-shape", "weights-sum",
+                  "precisions-full", "precisions-diag", "collapse"]
+
+
+@pytest.mark.parametrize(("fit", "error", "message"), USER_ERRORS, ids=USER_ERROR_IDS)
+def test_user_errors_are_typed_and_still_value_errors(X, fit, error, message):
+    with pytest.raises(error, match=message) as info:
+        fit(X)
+    assert isinstance(info.value, DaskemUserError) and isinstance(info.value, ValueError)
+
+
+def test_a_parameter_outside_its_range_is_scikit_learns_error_not_a_user_error_class(X):
+    with pytest.raises(ValueError) as info:
+        daskem.KMeans(2, tol=-1.0).fit(X)
+    assert not isinstance(info.value, DaskemUserError)  # the estimator API keeps scikit-learn's contract
+
+
+@pytest.mark.cluster
+def test_a_user_error_raised_in_a_worker_process_reaches_the_client_with_its_class(X):
+    from distributed import Client, LocalCluster
+
+    from daskem.kernels.tiles import check_finite_block
+
+    X = X.copy()
+    X[57, 1] = np.nan
+    with LocalCluster(n_workers=1, threads_per_worker=1, processes=True, dashboard_address=None) as cluster, \
+            Client(cluster) as client:
+        (worker_pid,) = client.run(os.getpid).values()
+        assert worker_pid != os.getpid()
+        future = client.submit(check_finite_block, X[50:100], 50)
+        with pytest.raises(DataError, match="first at row 57"):
+            future.result()
+        assert future.status == "error"
+        with pytest.raises(DataError, match=r"rows 50-99, first at row 57: drop or impute"):
+            daskem.GaussianMixture(2, random_state=0).fit(da.from_array(X, chunks=(50, -1)))

@@ -141,6 +141,47 @@ def test_error_during_fit_exits_2_and_leaves_no_output(tmp_path, run_cli):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["c.yaml", "nan.zarr"]
 
 
+@pytest.mark.cluster
+def test_collapsed_component_during_fit_exits_2_with_one_line(tmp_path, run_cli):
+    data = np.vstack([np.zeros((200, 2)), np.random.default_rng(0).normal(5, 1, size=(200, 2))])
+    zarr.create_array(str(tmp_path / "collapse.zarr"), data=data, chunks=(100, 2))
+    config = config_for(tmp_path / "collapse.zarr", tmp_path / "out", n_components=2, reg_covar=0.0)
+    del config["data"]["array"]
+    done = run_cli("run", write_config(tmp_path / "c.yaml", config))
+    assert_user_error(done, "collapse.zarr: fitting failed: covariance of component")
+    assert "is not positive definite" in done.stderr and "increase reg_covar (now 0)" in done.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["c.yaml", "collapse.zarr"]
+
+
+BROKEN_ENGINE = """
+import sys
+
+import daskem.engine.em
+
+
+def em_pass(*args, **kwargs):
+    raise ValueError("an invariant of the engine broke")
+
+
+daskem.engine.em.em_pass = em_pass  # a bug in our own code, raised during the fit
+from daskem.cli import main
+
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+@pytest.mark.cluster
+def test_a_bug_during_fit_exits_1_with_its_traceback(tmp_path, store):
+    config = write_config(tmp_path / "c.yaml", config_for(store, tmp_path / "out"))
+    done = subprocess.run([sys.executable, "-c", BROKEN_ENGINE, "run", str(config), "--no-progress"], cwd=tmp_path,
+                          env=cli_env(), capture_output=True, text=True, timeout=240, check=False)
+    assert done.returncode == 1, done.stderr
+    assert "Traceback (most recent call last)" in done.stderr and "in em_pass" in done.stderr
+    assert done.stderr.rstrip().endswith("ValueError: an invariant of the engine broke")
+    assert not any(line.startswith("error: ") for line in done.stderr.splitlines())
+    assert not (tmp_path / "out").exists()
+
+
 # ----------------------------------------------------------------------------- user errors
 
 
@@ -198,7 +239,7 @@ def _case_too_many_components(tmp_path, config):
     _write(tmp_path / "small.zarr", np.zeros((50, 2)))
     config["data"]["path"] = str(tmp_path / "small.zarr")
     config["model"]["n_components"] = 60
-    return "model.n_components=60 is larger than the 50 rows"
+    return "has 50 rows but model.n_components=60: there must be at least as many rows as components"
 
 
 def _case_output_exists(tmp_path, config):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import re
 from pathlib import Path
 
@@ -11,9 +12,9 @@ from conftest import write_config
 
 from daskem.data.stores import DataSource
 from daskem.errors import ConfigError
+from daskem.models.gaussian_mixture import GaussianMixture
+from daskem.models.kmeans import KMeans
 from daskem.pipeline.config import (
-    DEFAULTS,
-    INITS,
     ClusterConfig,
     DaskemConfig,
     DataConfig,
@@ -29,7 +30,7 @@ from daskem.pipeline.config_loading import (
     load_config,
     parse_config,
 )
-from daskem.pipeline.run import check_config_against_data
+from daskem.pipeline.run import build_estimator, check_config_against_data
 
 ALL_MODELS = [DaskemConfig, DataConfig, ModelConfig, ClusterConfig, PreprocessConfig, PCAConfig, OutputConfig,
               PredictConfig]
@@ -114,10 +115,17 @@ def test_gmm_only_keys_are_refused_for_kmeans(key):
         parse_config(minimal(kind="kmeans", **{key: "full" if key == "covariance_type" else 1e-3}))
 
 
-@pytest.mark.parametrize(("kind", "init"), [("kmeans", "kmeans"), ("gmm", "kmeans++"), ("kmeans", "random_from_data")])
-def test_init_must_be_one_of_the_kind(kind, init):
-    with pytest.raises(ConfigError, match=re.escape(f"init '{init}' is not an initialization of kind {kind}")):
-        parse_config(minimal(kind=kind, init=init))
+KMEANS_INITS = "one of 'k-means||', 'k-means++', 'random' or an array-like"
+GMM_INITS = "one of 'kmeans', 'k-means||', 'k-means++', 'random', 'random_from_data'"
+
+
+@pytest.mark.parametrize(("kind", "init", "choices"), [("kmeans", "kmeans", KMEANS_INITS), ("gmm", "kmeans++", GMM_INITS),
+                                                       ("kmeans", "random_from_data", KMEANS_INITS)])
+def test_init_must_be_one_of_the_kind(kind, init, choices):
+    expected = f"c.yaml: model.init: must be {choices} for kind: {kind} (got '{init}')"
+    with pytest.raises(ConfigError) as info:
+        parse_config(minimal(kind=kind, init=init), source="c.yaml")
+    assert str(info.value) == expected
 
 
 @pytest.mark.parametrize("key", ["responsibilities", "log_density"])
@@ -128,15 +136,84 @@ def test_probabilistic_outputs_are_refused_for_kmeans(key):
         parse_config(raw)
 
 
-def test_inits_and_defaults_are_the_estimators():
-    from daskem.models.gaussian_mixture import INIT_PARAMS, GaussianMixture
-    from daskem.models.kmeans import INIT_METHODS, KMeans
+ESTIMATORS = {"gmm": GaussianMixture, "kmeans": KMeans}
+# Constructor parameters a YAML file cannot set: explicit initial arrays (KMeans' init array goes
+# through the init key, which takes a name in YAML).
+PYTHON_ONLY = {"gmm": {"weights_init", "means_init", "precisions_init"}, "kmeans": set()}
+# A valid value other than the default for every model key (gmm, kmeans where they differ).
+OTHER_VALUES = {"n_components": 3, "covariance_type": "diag", "tol": 0.25, "reg_covar": 0.5, "max_iter": 7,
+                "n_init": 2, "init": "random", "random_state": 11, "fan_in": 3, "init_sample_size": 123,
+                "oversampling_factor": 1.5, "init_rounds": 2}
+RENAMED = {"gmm": {"init": "init_params"}, "kmeans": {"n_components": "n_clusters"}}
 
-    assert set(INITS["gmm"]) == set(INIT_PARAMS) and set(INITS["kmeans"]) == set(INIT_METHODS)
-    gmm, kmeans = GaussianMixture().get_params(), KMeans().get_params()
-    assert DEFAULTS["gmm"] == {key: gmm[key] for key in ("covariance_type", "tol", "reg_covar")} | {
-        "init": gmm["init_params"]}
-    assert DEFAULTS["kmeans"] == {"tol": kmeans["tol"], "init": kmeans["init"]}
+
+@pytest.mark.parametrize("kind", ESTIMATORS)
+def test_every_estimator_parameter_is_set_from_yaml(kind):
+    parameters = set(inspect.signature(ESTIMATORS[kind]).parameters)
+    keys = {key: value for key, value in OTHER_VALUES.items()
+            if RENAMED[kind].get(key, key) in parameters}
+    assert parameters - {RENAMED[kind].get(key, key) for key in keys} == PYTHON_ONLY[kind]
+    estimator = build_estimator(parse_config(minimal(kind=kind, **keys)).model)
+    assert type(estimator) is ESTIMATORS[kind]
+    assert {RENAMED[kind].get(key, key): value for key, value in keys.items()} == {
+        name: value for name, value in estimator.get_params().items() if name not in PYTHON_ONLY[kind]}
+
+
+@pytest.mark.parametrize("kind", ESTIMATORS)
+def test_defaults_are_the_estimators_but_the_seed(kind):
+    built = build_estimator(parse_config(minimal(kind=kind)).model).get_params()
+    own = ESTIMATORS[kind]().get_params()
+    assert built.pop("random_state") == 0 and own.pop("random_state") is None  # a run can be repeated
+    assert built == own
+
+
+def test_kmeans_max_iter_default_is_kmeans_own():
+    assert parse_config(minimal(kind="kmeans")).model.max_iter == KMeans().max_iter == 300
+    assert parse_config(minimal()).model.max_iter == GaussianMixture().max_iter == 100
+
+
+def test_init_sample_size_is_set_from_yaml(tmp_path):
+    raw = minimal(init="k-means++", init_sample_size=5000)
+    config = load_config(write_config(tmp_path / "c.yaml", raw), ["model.init_sample_size=2000"])
+    assert build_estimator(config.model).init_sample_size == 2000
+
+
+def test_null_random_state_asks_for_a_fresh_seed():
+    assert parse_config(minimal(random_state=None)).model.random_state is None
+
+
+@pytest.mark.parametrize(("kind", "key", "value", "rule"), [
+    ("gmm", "tol", -1.0, "a float in the range [0.0, inf)"),
+    ("kmeans", "tol", -0.5, "a float in the range [0.0, inf)"),
+    ("gmm", "reg_covar", -1e-06, "a float in the range [0.0, inf)"),
+    ("kmeans", "max_iter", 0, "an int in the range [1, inf)"),
+    ("gmm", "n_init", 0, "an int in the range [1, inf)"),
+    ("kmeans", "n_components", 0, "an int in the range [1, inf)"),
+    ("gmm", "n_components", 0, "an int in the range [1, inf)"),
+    ("gmm", "fan_in", 1, "an int in the range [2, inf)"),
+    ("kmeans", "oversampling_factor", 0.0, "a float in the range (0.0, inf)"),
+    ("gmm", "init_sample_size", 0, "an int in the range [1, inf)"),
+    ("kmeans", "init_rounds", 0, "an int in the range [1, inf)"),
+])
+def test_values_obey_the_estimators_rules(kind, key, value, rule):
+    with pytest.raises(ConfigError) as info:
+        parse_config(minimal(kind=kind, **{key: value}), source="c.yaml")
+    assert str(info.value) == f"c.yaml: model.{key}: must be {rule} for kind: {kind} (got {value!r})"
+    with pytest.raises(ValueError, match=re.escape(f"must be {rule}")):  # the estimator's own rule, the same
+        ESTIMATORS[kind](**{RENAMED[kind].get(key, key): value})._validate_params()
+
+
+def test_each_item_of_a_list_obeys_the_rules():
+    with pytest.raises(ConfigError, match=re.escape("model.n_components: must be an int in the range [1, inf) "
+                                                    "for kind: gmm (got 0)")):
+        parse_config(minimal(n_components=[2, 0]))
+
+
+def test_covariance_types_are_the_registrys():
+    from daskem.kernels.covariance import COVARIANCE_TYPES
+
+    for name in COVARIANCE_TYPES:
+        assert parse_config(minimal(covariance_type=name)).model.covariance_type == name
 
 
 def test_unknown_covariance_type_lists_the_choices():
@@ -244,7 +321,8 @@ def source(rows=100, features=3):
 
 
 def test_more_components_than_rows_is_refused():
-    with pytest.raises(ConfigError, match="model.n_components=200 is larger than the 100 rows of x.zarr"):
+    expected = r"x.zarr \(array X\) has 100 rows but model.n_components=200: .*; lower model.n_components or add data"
+    with pytest.raises(ConfigError, match=expected):
         check_config_against_data(parse_config(minimal(n_components=200)), source())
 
 
@@ -284,3 +362,57 @@ def test_lists_of_components_and_covariance_types_are_for_gmm_only():
         parse_config({**base, "model": {"kind": "gmm", "n_components": [2, 2]}})
     with pytest.raises(ConfigError, match=r"model.criterion"):
         parse_config({**base, "model": {"kind": "gmm", "criterion": "bics"}})
+
+
+USAGE = Path(__file__).resolve().parents[1] / "docs" / "usage.md"
+MODEL_TABLE_HEADER = "| key | gmm default | kmeans default | what it sets |"
+
+
+def _cells(line: str) -> list[str]:
+    """The cells of a Markdown table row; ``\\|`` is a pipe inside a cell."""
+    return [cell.strip().replace("\\|", "|") for cell in re.split(r"(?<!\\)\|", line.strip())[1:-1]]
+
+
+def _documented(cell: str):
+    text = cell.strip("`")
+    for convert in (int, float):
+        try:
+            return convert(text)
+        except ValueError:
+            pass
+    return None if text == "null" else text
+
+
+def test_usage_documents_every_model_key_with_the_codes_defaults():
+    from daskem.models.selection import fit_candidates
+
+    lines = USAGE.read_text().splitlines()
+    start = lines.index(MODEL_TABLE_HEADER) + 2
+    rows = {}
+    for line in lines[start:]:
+        if not line.startswith("|"):
+            break
+        key, gmm, kmeans, _ = _cells(line)
+        rows[key.strip("`")] = {"gmm": gmm, "kmeans": kmeans}
+    assert list(rows) == list(ModelConfig.model_fields)
+    criterion = inspect.signature(fit_candidates).parameters["criterion"].default
+    for key, documented in rows.items():
+        for kind, cell in documented.items():
+            if key == "kind":
+                assert cell == "—"
+            elif key == "criterion":
+                assert _documented(cell) == criterion
+            else:
+                model = parse_config(minimal(kind=kind)).model
+                expected = getattr(model, key)
+                assert (cell == "—") == (expected is None), (key, kind)
+                if expected is not None:
+                    assert _documented(cell) == expected and type(_documented(cell)) is type(expected), (key, kind)
+
+
+@pytest.mark.parametrize("section", [DataConfig, ClusterConfig, PreprocessConfig, OutputConfig],
+                         ids=lambda m: m.__name__)
+def test_usage_names_every_key_of_each_section(section):
+    name = {DataConfig: "data", ClusterConfig: "cluster", PreprocessConfig: "preprocess", OutputConfig: "output"}
+    row = next(line for line in USAGE.read_text().splitlines() if line.startswith(f"| `{name[section]}` |"))
+    assert [key for key in section.model_fields if f"`{key}`" not in row and f"{key}:" not in row] == []

@@ -7,6 +7,8 @@ import math
 import dask.array as da
 import numpy as np
 
+from daskem.errors import DaskemUserError, DataError, FitError
+
 # Row blocks made for NumPy input hold about this many bytes.
 NUMPY_BLOCK_BYTES = 64 * 2**20
 
@@ -16,47 +18,54 @@ def as_row_blocks(X, *, min_rows: int = 1, what: str = "n_components") -> da.Arr
     array = X if isinstance(X, da.Array) else np.asarray(X)
     if array.ndim != 2:
         hint = " (a single feature: X.reshape(-1, 1))" if array.ndim == 1 else ""
-        raise ValueError(
+        raise DataError(
             f"X must be 2-D (rows x features), got a {array.ndim}-D array of shape {array.shape}{hint}"
         )
     if not (np.issubdtype(array.dtype, np.number) or array.dtype == bool) or np.issubdtype(array.dtype, np.complexfloating):
-        raise ValueError(f"X must hold real numbers, got dtype {array.dtype}: convert it with X.astype('float64')")
+        raise DataError(f"X must hold real numbers, got dtype {array.dtype}: convert it with X.astype('float64')")
     if not np.issubdtype(array.dtype, np.floating):
         array = array.astype(np.float64)
     if not isinstance(array, da.Array):
         rows = max(1, NUMPY_BLOCK_BYTES // max(1, array.shape[1] * array.itemsize))
         array = da.from_array(array, chunks=(rows, -1))
     if any(math.isnan(size) for size in array.chunks[0]):
-        raise ValueError("X has unknown chunk sizes: call X.compute_chunk_sizes() before fitting")
+        raise DataError("X has unknown chunk sizes: call X.compute_chunk_sizes() before fitting")
     if array.numblocks[1] != 1:
-        raise ValueError(
+        raise DataError(
             f"X is split into {array.numblocks[1]} chunks along the feature axis, but every chunk must "
             "hold whole rows: rechunk it with X.rechunk({1: -1})"
         )
     if array.shape[1] < 1:
-        raise ValueError("X has no features (0 columns)")
-    if array.shape[0] < min_rows:
-        raise ValueError(
-            f"X has {array.shape[0]} rows but {what}={min_rows}: there must be at least as many rows "
-            f"as components; lower {what} or add data"
-        )
+        raise DataError("X has no features (0 columns)")
+    check_enough_rows(array.shape[0], min_rows, key=what)
     return array
+
+
+def check_enough_rows(n_rows: int, n_components: int, *, key: str = "n_components", data: str = "X",
+                      error: type[DaskemUserError] = DataError) -> None:
+    """The one rule on the number of rows: at least one per component. ``key`` and ``data`` name the
+    parameter and the rows in the message (``model.n_components`` and the store for a config)."""
+    if n_rows < n_components:
+        raise error(
+            f"{data} has {n_rows} rows but {key}={n_components}: there must be at least as many rows "
+            f"as components; lower {key} or add data"
+        )
 
 
 def check_features(X: da.Array, n_features: int) -> None:
     """Data to predict on must have the features the model was fitted on."""
     if X.shape[1] != n_features:
-        raise ValueError(f"X has {X.shape[1]} features, but the model was fitted on {n_features}")
+        raise DataError(f"X has {X.shape[1]} features, but the model was fitted on {n_features}")
 
 
 def check_shape(value, expected: tuple[int, ...], name: str) -> np.ndarray:
     """``value`` as a float64 array of exactly ``expected`` shape, finite."""
     array = np.asarray(value, dtype=np.float64)
     if array.shape != expected:
-        raise ValueError(f"{name} has shape {array.shape}, expected {expected} (n_components x n_features)"
+        raise FitError(f"{name} has shape {array.shape}, expected {expected} (n_components x n_features)"
                          if len(expected) == 2 else f"{name} has shape {array.shape}, expected {expected}")
     if not np.isfinite(array).all():
-        raise ValueError(f"{name} holds NaN or infinite values")
+        raise FitError(f"{name} holds NaN or infinite values")
     return array
 
 
@@ -64,9 +73,9 @@ def check_weights(weights, n_components: int) -> np.ndarray:
     """Initial weights: K non-negative values that sum to 1."""
     weights = check_shape(weights, (n_components,), "weights_init")
     if weights.min() < 0:
-        raise ValueError(f"weights_init must be non-negative, but its minimum is {weights.min():g}")
+        raise FitError(f"weights_init must be non-negative, but its minimum is {weights.min():g}")
     if not np.isclose(weights.sum(), 1.0, rtol=0, atol=1e-6):
-        raise ValueError(f"weights_init must sum to 1, but it sums to {weights.sum():.8g}: divide it by its sum")
+        raise FitError(f"weights_init must sum to 1, but it sums to {weights.sum():.8g}: divide it by its sum")
     return weights
 
 

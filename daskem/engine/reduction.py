@@ -55,7 +55,7 @@ def reduction_graph(
     ``payload`` appears once in the graph (key ``{name}-payload``) and every task refers to it by
     key; ``combine`` merges a list of at most ``fan_in`` partial results.
     """
-    if fan_in < 2:
+    if fan_in < 2:  # not a user check (the estimators validate fan_in): with 1 the loop below never ends
         raise ValueError(f"fan_in must be at least 2 to reduce in a tree, got {fan_in}")
     payload_node = dask.delayed(payload, name=f"{name}-payload", traverse=False)
     apply_kernel = dask.delayed(kernel, pure=True)

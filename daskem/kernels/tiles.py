@@ -14,6 +14,8 @@ from typing import Iterator
 
 import numpy as np
 
+from daskem.errors import DataError
+
 # Rows per tile: the packed outer products of a tile (D(D+1)/2 x rows floats) stay in cache-sized
 # pieces, and no temporary grows with the slab.
 TILE_ROWS = 2048
@@ -131,12 +133,13 @@ def unpack_symmetric(packed: np.ndarray, n_features: int) -> np.ndarray:
 
 
 def check_finite_block(block: np.ndarray, row_start: int) -> None:
-    """Raise a ValueError naming the first row holding NaN or infinity, and the fix."""
+    """Raise a ``DataError`` naming the first row holding NaN or infinity, and the fix (raised in a
+    worker's task, it reaches the client with its class)."""
     finite_rows = np.isfinite(block).all(axis=1)
     if not finite_rows.all():
         bad = np.flatnonzero(~finite_rows)
         row_end = row_start + block.shape[0]
-        raise ValueError(
+        raise DataError(
             f"X has NaN or infinite values in {bad.size} row(s) of the chunk holding rows "
             f"{row_start}-{row_end - 1}, first at row {row_start + bad[0]}: "
             "drop or impute those rows before fitting"

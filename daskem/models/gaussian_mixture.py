@@ -9,7 +9,7 @@ from numbers import Integral, Real
 import numpy as np
 from sklearn.base import BaseEstimator, DensityMixin
 from sklearn.exceptions import ConvergenceWarning
-from sklearn.utils._param_validation import Interval, StrOptions
+from sklearn.utils._param_validation import Interval
 from sklearn.utils.validation import check_is_fitted
 
 from daskem.data.checks import as_row_blocks, check_fitted_arrays
@@ -29,7 +29,7 @@ from daskem.models.fitting import (
     open_checkpoint,
 )
 from daskem.models.initialization import Candidate, ExplicitStart, InitSpec
-from daskem.models.parameters import SHARED_PARAMETER_CONSTRAINTS
+from daskem.models.parameters import SHARED_PARAMETER_CONSTRAINTS, Choices
 
 # ``init_params`` choices and the start each one names (see ``daskem.models.initialization``).
 INIT_PARAMS = {
@@ -113,7 +113,7 @@ class GaussianMixture(DensityMixin, BaseEstimator):
         "n_components": [Interval(Integral, 1, None, closed="left")],
         "covariance_type": [str],  # checked against the registry, whose error lists the choices
         "reg_covar": [Interval(Real, 0.0, None, closed="left")],
-        "init_params": [StrOptions(set(INIT_PARAMS))],
+        "init_params": [Choices(INIT_PARAMS)],
         "weights_init": ["array-like", None],
         "means_init": ["array-like", None],
         "precisions_init": ["array-like", None],

@@ -9,7 +9,7 @@ from numbers import Integral
 import numpy as np
 from sklearn.base import BaseEstimator, ClusterMixin, TransformerMixin
 from sklearn.exceptions import ConvergenceWarning
-from sklearn.utils._param_validation import Interval, StrOptions
+from sklearn.utils._param_validation import Interval
 from sklearn.utils.validation import check_is_fitted
 
 from daskem.data.checks import as_row_blocks, check_fitted_arrays
@@ -23,7 +23,7 @@ from daskem.models.fitting import (
     open_checkpoint,
 )
 from daskem.models.initialization import Candidate, ExplicitStart, InitSpec
-from daskem.models.parameters import SHARED_PARAMETER_CONSTRAINTS
+from daskem.models.parameters import SHARED_PARAMETER_CONSTRAINTS, Choices
 
 # ``init`` choices and the seeding each one names (see ``daskem.models.initialization``).
 INIT_METHODS = {
@@ -93,7 +93,7 @@ class KMeans(ClusterMixin, TransformerMixin, BaseEstimator):
 
     _parameter_constraints = {
         "n_clusters": [Interval(Integral, 1, None, closed="left")],
-        "init": [StrOptions(set(INIT_METHODS)), "array-like"],
+        "init": [Choices(INIT_METHODS), "array-like"],
         **SHARED_PARAMETER_CONSTRAINTS,
     }
 

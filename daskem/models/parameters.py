@@ -1,13 +1,32 @@
-"""The parameter rules both estimators share (scikit-learn's ``_parameter_constraints``)."""
+"""The parameter rules both estimators share.
+
+The ``_parameter_constraints`` of the estimators are the one home of the rules on parameter
+values: the estimators check them in ``fit`` (``_validate_params``) and the YAML config checks
+its values with the same tables (``daskem.pipeline.config``); the engine trusts them.
+"""
 
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from numbers import Integral, Real
 
-from sklearn.utils._param_validation import Interval
+from sklearn.utils._param_validation import Interval, StrOptions
 
 from daskem.engine.checkpoint import Checkpoint
+
+
+class Choices(StrOptions):
+    """``StrOptions`` that names its options in the order given, so a message reads the same in
+    every process (a set's order changes with the hash seed)."""
+
+    def __init__(self, options: Sequence[str]):
+        super().__init__(set(options))
+        self.ordered = tuple(options)
+
+    def __str__(self) -> str:
+        return "one of " + ", ".join(repr(option) for option in self.ordered)
+
 
 # The parameter rules both estimators share: iterations, restarts, seeds and the engine's settings.
 SHARED_PARAMETER_CONSTRAINTS = {

@@ -26,6 +26,8 @@ import dask.array as da
 import numpy as np
 from dask.base import tokenize
 
+from daskem.errors import ConfigError
+
 logger = logging.getLogger("daskem")
 
 ARRAY_FIELDS = ("center", "scale", "pca_mean", "components", "whiten_scale")
@@ -96,6 +98,15 @@ def transform_rows(rows: np.ndarray, prep: Preprocessing) -> np.ndarray:
     return out.astype(dtype, copy=False)
 
 
+def check_pca_width(n_components: int, n_features: int, *, data: str = "X") -> None:
+    """The one rule on the PCA's width: no more axes than features (checked before any cluster
+    starts, from the store's shape, and again by ``fit_preprocessing`` for direct callers)."""
+    if n_components > n_features:
+        raise ConfigError(
+            f"preprocess.pca.n_components={n_components} is larger than the {n_features} features of {data}; lower it"
+        )
+
+
 def fit_preprocessing(X: da.Array, config, *, random_state: int | None = None) -> Preprocessing:
     """Fit the steps of ``config`` (a ``PreprocessConfig``) on the Dask array ``X``, out of core."""
     from dask_ml.decomposition import PCA
@@ -112,10 +123,7 @@ def fit_preprocessing(X: da.Array, config, *, random_state: int | None = None) -
         logger.info("preprocess: standardized %d features", n_features)
     if config.pca is not None:
         n_components = config.pca.n_components
-        if n_components > n_features:
-            raise ValueError(
-                f"preprocess.pca.n_components={n_components} is larger than the {n_features} features; lower it"
-            )
+        check_pca_width(n_components, n_features)
         pca = PCA(n_components=n_components, whiten=config.pca.whiten, random_state=random_state)
         pca.fit(prep.transform(X) if prep.center is not None else X)
         found["pca_mean"] = np.asarray(pca.mean_, dtype=np.float64)

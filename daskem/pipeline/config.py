@@ -5,10 +5,16 @@ expands ``${ENV_VAR}`` (and ``${ENV_VAR:-default}``) in string values, and valid
 into one frozen ``DaskemConfig``. Unknown keys are refused with the closest valid key suggested;
 every problem becomes a ``ConfigError`` whose one-line message names the key and the fix.
 Relative paths are relative to the current directory, not to the YAML file.
+
+The ``model`` section writes down no rule and no default of the estimators: its keys are the
+parameters of the kind's estimator (``CONFIG_KEYS``), its defaults their ``__init__`` defaults,
+its value rules their ``_parameter_constraints``, its covariance types the registry's; pydantic
+checks only the types.
 """
 
 from __future__ import annotations
 
+import inspect
 from pathlib import Path
 from typing import Any, Literal, Optional
 
@@ -17,23 +23,83 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
-    NonNegativeFloat,
     PositiveInt,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
+from sklearn.utils._param_validation import InvalidParameterError
 
-COVARIANCE_TYPES = ("full", "tied", "diag", "spherical")
-INITS = {  # the estimators' own choices (INIT_PARAMS of daskem.models.gaussian_mixture, INIT_METHODS of daskem.models.kmeans)
-    "gmm": ("kmeans", "k-means||", "k-means++", "random", "random_from_data"),
-    "kmeans": ("k-means||", "k-means++", "random"),
-}
-DEFAULTS = {
-    "gmm": {"covariance_type": "full", "tol": 1e-3, "reg_covar": 1e-6, "init": "kmeans"},
-    "kmeans": {"tol": 1e-4, "init": "k-means||"},
-}
-GMM_ONLY_KEYS = ("covariance_type", "reg_covar")
+from daskem.kernels.covariance import COVARIANCE_TYPES
+from daskem.models.gaussian_mixture import INIT_PARAMS, GaussianMixture
+from daskem.models.kmeans import INIT_METHODS, KMeans
+from daskem.models.selection import CRITERIA, fit_candidates
+
+ESTIMATORS = {"gmm": GaussianMixture, "kmeans": KMeans}
+INITS = {"gmm": INIT_PARAMS, "kmeans": INIT_METHODS}
+# Config keys spelled otherwise than the estimator parameter they set.
+RENAMED = {"gmm": {"init": "init_params"}, "kmeans": {"n_components": "n_clusters"}}
+# Estimator parameters without a config key: explicit initial arrays (K x D numbers and more) are
+# given in Python, a config chooses an initialization by name; a run keeps its own checkpoint beside
+# its output (daskem.pipeline.resume), and fits once, so there is no earlier fit to warm-start from.
+RUN_MANAGED = ("warm_start", "checkpoint")
+PYTHON_ONLY = {"gmm": ("weights_init", "means_init", "precisions_init", *RUN_MANAGED), "kmeans": RUN_MANAGED}
+# Keys of the pipeline itself, which set no estimator parameter.
+PIPELINE_KEYS = ("kind", "criterion")
+# The one pipeline default that differs from the estimators': a run can be repeated unless it asks
+# for a fresh seed (the estimators, like scikit-learn's, default to one).
+PIPELINE_DEFAULTS = {"random_state": 0}
+# A list of these keys fits several candidates in the same passes (daskem.models.selection fits mixtures).
+SELECTION_KIND = "gmm"
+SELECTION_KEYS = ("n_components", "covariance_type")
 LOCAL_PROTOCOLS = ("file", "local")
+
+
+def _config_keys(kind: str) -> dict[str, str]:
+    """Config key -> estimator parameter, for every parameter of ``kind``'s estimator but the Python-only ones."""
+    key_of = {param: key for key, param in RENAMED[kind].items()}
+    return {key_of.get(param, param): param for param in ESTIMATORS[kind]().get_params(deep=False)
+            if param not in PYTHON_ONLY[kind]}
+
+
+CONFIG_KEYS = {kind: _config_keys(kind) for kind in ESTIMATORS}
+DEFAULTS = {  # per kind, the default of every key that sets a parameter: the estimator's own
+    kind: {key: PIPELINE_DEFAULTS.get(key, ESTIMATORS[kind]().get_params(deep=False)[param])
+           for key, param in keys.items()}
+    for kind, keys in CONFIG_KEYS.items()
+}
+CRITERION_DEFAULT = inspect.signature(fit_candidates).parameters["criterion"].default
+
+Kind = Literal[tuple(ESTIMATORS)]
+CovarianceName = Literal[tuple(COVARIANCE_TYPES)]
+Criterion = Literal[CRITERIA]
+
+
+def _shown(value: Any) -> str:
+    return "null" if value is None else f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def _defaults(key: str) -> str:
+    """``key``'s default for each kind that has it, for a field's description."""
+    kinds = [kind for kind in ESTIMATORS if key in DEFAULTS[kind]]
+    values = {_shown(DEFAULTS[kind][key]) for kind in kinds}
+    if len(values) == 1:
+        return f"default {values.pop()}"
+    return "default " + ", ".join(f"{kind}: {_shown(DEFAULTS[kind][key])}" for kind in kinds)
+
+
+def check_parameter(kind: str, key: str, value: Any) -> None:
+    """Check a config value by the rules of the estimator parameter it sets (its
+    ``_parameter_constraints``); a ValueError says what the value must be."""
+    estimator, param = ESTIMATORS[kind], CONFIG_KEYS[kind][key]
+    try:
+        estimator(**{param: value})._validate_params()
+    except InvalidParameterError as exc:
+        text = str(exc)  # "The 'tol' parameter of KMeans must be <rule>. Got -1 instead."
+        prefix, suffix = f"The {param!r} parameter of {estimator.__name__} must be ", f". Got {value!r} instead."
+        if text.startswith(prefix) and text.endswith(suffix):
+            text = "must be " + text[len(prefix) : -len(suffix)]
+        raise ValueError(f"{text} for kind: {kind} (got {value!r})") from None
 
 
 class _Section(BaseModel):
@@ -68,46 +134,66 @@ class DataConfig(_Section):
 
 
 class ModelConfig(_Section):
-    """Which model to fit and how; defaults that depend on ``kind`` are filled in when left out."""
+    """Which model to fit and how: every key but ``kind`` and ``criterion`` sets the parameter of the
+    kind's estimator named in ``CONFIG_KEYS``; left out (or null), it takes that estimator's default."""
 
-    kind: Literal["gmm", "kmeans"] = Field(description="gmm: Gaussian mixture; kmeans: k-means.")
-    n_components: PositiveInt | list[PositiveInt] = Field(
-        8,
-        description="Number of mixture components or clusters; gmm: a list fits one candidate per value "
-        "in the same passes over the data and keeps the best by model.criterion.",
-    )
-    covariance_type: Optional[
-        Literal["full", "tied", "diag", "spherical"] | list[Literal["full", "tied", "diag", "spherical"]]
-    ] = Field(
+    kind: Kind = Field(description="gmm: Gaussian mixture (daskem.GaussianMixture); kmeans: k-means (daskem.KMeans).")
+    n_components: Optional[int | list[int]] = Field(
         None,
-        description="gmm only: full | tied | diag | spherical (default full); a list fits a candidate per type.",
+        description=f"Number of mixture components or clusters (KMeans' n_clusters), {_defaults('n_components')}; "
+        "gmm: a list fits one candidate per value in the same passes over the data and keeps the best by "
+        "model.criterion.",
     )
-    criterion: Literal["bic", "aic", "loglik"] = Field(
-        "bic",
+    covariance_type: Optional[CovarianceName | list[CovarianceName]] = Field(
+        None,
+        description=f"gmm only: {' | '.join(COVARIANCE_TYPES)}, {_defaults('covariance_type')}; a list fits a "
+        "candidate per type.",
+    )
+    criterion: Criterion = Field(
+        CRITERION_DEFAULT,
         description="gmm: how candidates (lists of n_components or covariance_type, restarts) are ranked: "
-        "bic or aic (lower is better) or loglik (the mean log-likelihood, higher is better).",
+        "bic or aic (lower is better) or loglik (the mean log-likelihood, higher is better); "
+        f"default {CRITERION_DEFAULT}.",
     )
-    max_iter: PositiveInt = Field(100, description="Maximum number of EM (or Lloyd) iterations.")
-    tol: Optional[NonNegativeFloat] = Field(
+    max_iter: Optional[int] = Field(
+        None, description=f"Maximum number of EM (or Lloyd) iterations, {_defaults('max_iter')}."
+    )
+    tol: Optional[float] = Field(
         None,
-        description="Convergence threshold: change of the mean log-likelihood per row (gmm, default "
-        "1e-3) or relative change of the inertia (kmeans, default 1e-4).",
+        description="Convergence threshold: change of the mean log-likelihood per row (gmm) or relative "
+        f"change of the inertia (kmeans), {_defaults('tol')}.",
     )
-    reg_covar: Optional[NonNegativeFloat] = Field(
-        None, description="gmm only: added to the covariance diagonals (default 1e-6)."
+    reg_covar: Optional[float] = Field(
+        None, description=f"gmm only: added to the covariance diagonals, {_defaults('reg_covar')}."
     )
     init: Optional[str] = Field(
         None,
-        description="Initialization: gmm: kmeans (default) | k-means|| | k-means++ | random | "
-        "random_from_data; kmeans: k-means|| (default) | k-means++ | random.",
+        description=f"Initialization by name (GaussianMixture's init_params): gmm: {' | '.join(INIT_PARAMS)}; "
+        f"kmeans: {' | '.join(INIT_METHODS)}; {_defaults('init')}. Explicit initial centres or parameters "
+        "(KMeans' init array, weights_init, means_init, precisions_init) are given in Python only.",
     )
-    n_init: PositiveInt = Field(1, description="Number of initializations; the best fit is kept.")
-    random_state: Optional[int] = Field(0, description="Seed of the initialization; null: a fresh seed.")
-    fan_in: int = Field(8, ge=2, description="Fan-in of the tree that merges per-chunk statistics.")
-    oversampling_factor: float = Field(
-        2.0, gt=0, description="k-means|| initialization: candidates drawn per round, per component."
+    n_init: Optional[int] = Field(
+        None, description=f"Number of initializations; the best fit is kept; {_defaults('n_init')}."
     )
-    init_rounds: PositiveInt = Field(5, description="k-means|| initialization: rounds of candidate draws.")
+    random_state: Optional[int] = Field(
+        PIPELINE_DEFAULTS["random_state"],
+        description=f"Seed of the initialization, default {PIPELINE_DEFAULTS['random_state']} so that a run "
+        "can be repeated; null: a fresh seed (the estimators' default).",
+    )
+    fan_in: Optional[int] = Field(
+        None, description=f"Fan-in of the tree that merges per-chunk statistics, {_defaults('fan_in')}."
+    )
+    init_sample_size: Optional[int] = Field(
+        None, description=f"k-means++ initialization: rows sampled to seed it, {_defaults('init_sample_size')}."
+    )
+    oversampling_factor: Optional[float] = Field(
+        None,
+        description="k-means|| initialization: candidates drawn per round, per component, "
+        f"{_defaults('oversampling_factor')}.",
+    )
+    init_rounds: Optional[int] = Field(
+        None, description=f"k-means|| initialization: rounds of candidate draws, {_defaults('init_rounds')}."
+    )
 
     @property
     def n_components_list(self) -> list[int]:
@@ -124,33 +210,46 @@ class ModelConfig(_Section):
         """Several candidate models (beyond restarts): a list of components or of covariance types."""
         return len(self.n_components_list) > 1 or len(self.covariance_types) > 1
 
+    def estimator_parameters(self) -> dict[str, Any]:
+        """The parameters of the kind's estimator that this config sets, by the estimator's names."""
+        return {param: getattr(self, key) for key, param in CONFIG_KEYS[self.kind].items()}
+
     @model_validator(mode="before")
     @classmethod
     def _kind_defaults(cls, data: Any) -> Any:
-        if not isinstance(data, dict) or data.get("kind") not in DEFAULTS:
+        """Refuse keys of another kind and misplaced lists, then fill in the kind's estimator defaults."""
+        if not isinstance(data, dict) or data.get("kind") not in ESTIMATORS:
             return data
         kind = data["kind"]
-        if kind != "gmm":
-            given = [key for key in GMM_ONLY_KEYS if data.get(key) is not None]
-            if given:
-                raise ValueError(f"{', '.join(given)} applies only to kind: gmm; remove it for kind: {kind}")
-        for key in ("n_components", "covariance_type"):
+        foreign = [key for key in cls.model_fields
+                   if key not in PIPELINE_KEYS and key not in CONFIG_KEYS[kind] and data.get(key) is not None]
+        if foreign:
+            owners = [other for other in ESTIMATORS if all(key in CONFIG_KEYS[other] for key in foreign)]
+            raise ValueError(f"{', '.join(foreign)} applies only to kind: {' | '.join(owners)}; "
+                             f"remove it for kind: {kind}")
+        for key in SELECTION_KEYS:
             value = data.get(key)
             if isinstance(value, list):
-                if kind != "gmm":
-                    raise ValueError(f"a list of {key} is for kind: gmm (model selection by BIC); give one value")
-                if not value or len(set(value)) != len(value):
+                if kind != SELECTION_KIND:
+                    raise ValueError(f"a list of {key} is for kind: {SELECTION_KIND} (model selection by BIC); "
+                                     "give one value")
+                if not value or any(item in value[:i] for i, item in enumerate(value)):
                     raise ValueError(f"{key}: give a non-empty list of distinct values, got {value}")
         filled = dict(data)
-        for key, value in DEFAULTS[kind].items():
-            if filled.get(key) is None:
-                filled[key] = value
-        if filled["init"] not in INITS[kind]:
-            raise ValueError(
-                f"init {filled['init']!r} is not an initialization of kind {kind}; "
-                f"choose one of {', '.join(INITS[kind])}"
-            )
+        for key, default in DEFAULTS[kind].items():
+            if key not in PIPELINE_DEFAULTS and filled.get(key) is None:
+                filled[key] = default
         return filled
+
+    @field_validator(*sorted({key for keys in CONFIG_KEYS.values() for key in keys}))
+    @classmethod
+    def _estimator_rules(cls, value: Any, info: ValidationInfo) -> Any:
+        """Each value (each item of a list) obeys the rules of the parameter it sets."""
+        kind = info.data.get("kind")
+        if kind is not None and value is not None and info.field_name in CONFIG_KEYS[kind]:
+            for item in value if isinstance(value, list) else [value]:
+                check_parameter(kind, info.field_name, item)
+        return value
 
 
 class ClusterConfig(_Section):
@@ -241,11 +340,14 @@ class DaskemConfig(_Section):
 
     @model_validator(mode="after")
     def _per_row_outputs_exist_for_kind(self) -> "DaskemConfig":
-        if self.model.kind == "kmeans":
+        """Responsibilities and log-densities need an estimator with ``predict_proba``."""
+        if not hasattr(ESTIMATORS[self.model.kind], "predict_proba"):
             bad = [key for key in ("responsibilities", "log_density") if getattr(self.output, key)]
             if bad:
+                owners = " | ".join(kind for kind, estimator in ESTIMATORS.items() if hasattr(estimator, "predict_proba"))
                 raise ValueError(
-                    f"output.{bad[0]} is only for kind: gmm (k-means has no probabilities); set it to false"
+                    f"output.{bad[0]} is only for kind: {owners} ({self.model.kind} has no probabilities); "
+                    "set it to false"
                 )
         return self
 
@@ -257,23 +359,3 @@ class PredictConfig(_Section):
     data: DataConfig = Field(description="The input Zarr store.")
     cluster: ClusterConfig = Field(default_factory=ClusterConfig, description="The Dask cluster.")
     output: OutputConfig = Field(description="Where the per-row results go.")
-
-
-# ----------------------------------------------------------------------------- loading
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-

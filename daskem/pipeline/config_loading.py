@@ -126,7 +126,7 @@ def format_validation_error(exc: ValidationError, source: str, model=DaskemConfi
     """
     problems: dict[str, tuple[list[str], str]] = {}  # key -> (what was wrong, what was given)
     for error in exc.errors():
-        loc = [str(part) for part in error["loc"] if not _is_union_tag(part)]
+        loc = _config_key(model, error["loc"])
         key = ".".join(loc)
         kind = error["type"]
         message = error["msg"].removeprefix("Value error, ")
@@ -154,10 +154,22 @@ def format_validation_error(exc: ValidationError, source: str, model=DaskemConfi
 
 
 
-def _is_union_tag(part: Any) -> bool:
-    """pydantic names the branch of a union in an error's location (``constrained-int``,
-    ``list[constrained-int]``, ``literal['full','tied']``); config keys never look like that."""
-    return isinstance(part, str) and any(mark in part for mark in "[-'")
+def _config_key(model: type[BaseModel], loc: tuple) -> list[str]:
+    """The config key of an error's location: the field names along it, and list positions.
+
+    pydantic also names the member of a union that failed (``int``, ``list[int]``,
+    ``literal['full','tied']``); past the last section, a string that names no field is such a name.
+    """
+    parts: list[str] = []
+    section: type[BaseModel] | None = model
+    for part in loc:
+        if isinstance(part, int):
+            parts.append(str(part))
+        elif section is not None:
+            parts.append(part)  # a field, or an unknown key of the section
+            field = section.model_fields.get(part)
+            section = _model_of(field.annotation) if field is not None else None
+    return parts
 
 
 

@@ -17,10 +17,11 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from daskem.data.checks import check_enough_rows
 from daskem.data.stores import DataSource, open_data
 from daskem.engine.reduction import counting_passes, step
-from daskem.errors import ConfigError, DataError
-from daskem.models.preprocessing import PreprocessedModel
+from daskem.errors import ConfigError, DaskemUserError, DataError
+from daskem.models.preprocessing import PreprocessedModel, check_pca_width
 from daskem.outputs.model_files import load_model, save_model
 from daskem.outputs.predictions import write_predictions
 from daskem.outputs.records import package_versions, write_json
@@ -31,7 +32,7 @@ from daskem.pipeline.cluster import (
     fit_slabs_to_workers,
     maybe_cache,
 )
-from daskem.pipeline.config import DaskemConfig, PredictConfig
+from daskem.pipeline.config import ESTIMATORS, DaskemConfig, PredictConfig
 from daskem.pipeline.progress import ProgressBars
 from daskem.pipeline.resume import resume_preprocessing, resume_slabs, run_checkpoint
 from daskem.pipeline.watchdog import watched
@@ -56,19 +57,14 @@ class RunResult:
 
 
 def check_config_against_data(config: DaskemConfig, source: DataSource) -> None:
-    """Rules that need the data's shape: enough rows for the components, enough features for PCA."""
+    """Rules that need the data's shape, before any cluster starts: enough rows for the components,
+    enough features for the PCA (each rule lives with the code it protects)."""
     n_rows, n_features = source.shape
-    if max(config.model.n_components_list) > n_rows:
-        raise ConfigError(
-            f"model.n_components={config.model.n_components} is larger than the {n_rows} rows of "
-            f"{source.name}; lower model.n_components or use more data"
-        )
+    check_enough_rows(n_rows, max(config.model.n_components_list), key="model.n_components", data=source.name,
+                      error=ConfigError)
     pca = config.preprocess.pca if config.preprocess else None
-    if pca is not None and pca.n_components > n_features:
-        raise ConfigError(
-            f"preprocess.pca.n_components={pca.n_components} is larger than the {n_features} features of "
-            f"{source.name}; lower it"
-        )
+    if pca is not None:
+        check_pca_width(pca.n_components, n_features, data=source.name)
 
 
 def validate(config: DaskemConfig) -> DataSource:
@@ -81,35 +77,19 @@ def validate(config: DaskemConfig) -> DataSource:
     return source
 
 
-def gmm_parameters(model) -> dict[str, Any]:
-    """The GaussianMixture parameters a ``ModelConfig`` sets, but for n_components and covariance_type."""
-    return dict(tol=model.tol, reg_covar=model.reg_covar, max_iter=model.max_iter, n_init=model.n_init,
-                init_params=model.init, random_state=model.random_state, fan_in=model.fan_in,
-                oversampling_factor=model.oversampling_factor, init_rounds=model.init_rounds)
-
-
 def build_estimator(model):
-    """The estimator a ``ModelConfig`` of one model describes."""
-    from daskem.models.gaussian_mixture import GaussianMixture
-    from daskem.models.kmeans import KMeans
-
-    if model.kind == "gmm":
-        return GaussianMixture(model.n_components, covariance_type=model.covariance_type, **gmm_parameters(model))
-    return KMeans(
-        model.n_components, init=model.init, n_init=model.n_init, max_iter=model.max_iter, tol=model.tol,
-        random_state=model.random_state, fan_in=model.fan_in, oversampling_factor=model.oversampling_factor,
-        init_rounds=model.init_rounds,
-    )
+    """The estimator a ``ModelConfig`` of one model describes, built from its parameters."""
+    return ESTIMATORS[model.kind](**model.estimator_parameters())
 
 
 def select_estimator(model, X, checkpoint=None) -> tuple[Any, list[dict]]:
     """Fit every candidate of a selection config in shared passes; the best estimator and the table."""
     from daskem.models.selection import fit_candidates
 
-    parameters = gmm_parameters(model)
-    n_init = parameters.pop("n_init")
+    parameters = model.estimator_parameters()
+    del parameters["n_components"], parameters["covariance_type"]
     selection = fit_candidates(X, n_components=model.n_components_list, covariance_types=model.covariance_types,
-                               n_init=n_init, criterion=model.criterion, checkpoint=checkpoint, **parameters)
+                               criterion=model.criterion, checkpoint=checkpoint, **parameters)
     return selection.best, selection.table_records()
 
 
@@ -262,15 +242,16 @@ def run_record(command: str, config, started_at: str, source: DataSource, X, clu
 
 
 def fit(fitting, X, source: DataSource):
-    """``fitting(X)``; a ``ValueError`` raised by the data (NaN rows, singular covariances) becomes a ``DataError``."""
+    """``fitting(X)``; a user error (NaN rows, a collapsed component) gets the data's name, keeps its
+    class; anything else is a bug and goes up unchanged, traceback and all."""
     from sklearn.exceptions import ConvergenceWarning
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)  # the engine logs it already
         try:
             return fitting(X)
-        except ValueError as exc:
-            raise DataError(f"{source.name}: fitting failed: {exc}") from None
+        except DaskemUserError as exc:
+            raise type(exc)(f"{source.name}: fitting failed: {exc}") from None
 
 
 def fit_summary(estimator) -> dict[str, Any]:

@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from daskem.errors import FitError
 from daskem.kernels.tiles import CentredRows
 
 LOG_2PI = math.log(2.0 * math.pi)
@@ -176,25 +177,25 @@ class CovarianceType(ABC):
         values = np.asarray(values, dtype=np.float64)
         expected = self.covariances_shape(n_components, n_features)
         if values.shape != expected:
-            raise ValueError(
+            raise FitError(
                 f"{label} for covariance_type '{self.name}' with {n_components} components and "
                 f"{n_features} features must have shape {expected}, got {values.shape}"
             )
         if not np.all(np.isfinite(values)):
-            raise ValueError(f"{label} contains NaN or infinity")
+            raise FitError(f"{label} contains NaN or infinity")
         self._check_positive(values, label, noun)
         return values
 
-    def _non_finite_error(self, index: tuple[int, ...]) -> ValueError:
+    def _non_finite_error(self, index: tuple[int, ...]) -> FitError:
         """The M-step's error for NaN or infinite statistics: they come from the data, not from collapse."""
         what = self._describe(index, self._noun)
-        return ValueError(f"{what} contains NaN or infinity: check the data for NaN or infinite values")
+        return FitError(f"{what} contains NaN or infinity: check the data for NaN or infinite values")
 
-    def _not_positive_error(self, index: tuple[int, ...], detail: str, reg_covar: float | None) -> ValueError:
+    def _not_positive_error(self, index: tuple[int, ...], detail: str, reg_covar: float | None) -> FitError:
         """The M-step's error for a collapsed component: what, how bad, and the fix."""
         what = self._describe(index, self._noun)
         fix = "increase reg_covar" + ("" if reg_covar is None else f" (now {reg_covar:g})")
-        return ValueError(
+        return FitError(
             f"{what} is not {self._requirement} ({detail}; it has collapsed onto too few distinct rows): "
             f"{fix}, reduce n_components, or standardize the features"
         )

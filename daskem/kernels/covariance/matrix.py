@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import scipy.linalg
 
+from daskem.errors import FitError
 from daskem.kernels.covariance.base import CovarianceType
 from daskem.kernels.tiles import pack_symmetric, unpack_symmetric
 
@@ -82,12 +83,12 @@ class MatrixCovariance(CovarianceType):
             what = self._describe((k,), noun)
             if not np.allclose(matrix, matrix.T):
                 asymmetry = np.max(np.abs(matrix - matrix.T))
-                raise ValueError(
+                raise FitError(
                     f"{label} is invalid: {what} is not symmetric (max |A - A^T| = {asymmetry:.3g})"
                 )
             smallest = np.linalg.eigvalsh(matrix)[0]
             if smallest <= 0:
-                raise ValueError(
+                raise FitError(
                     f"{label} is invalid: {what} is not positive definite "
                     f"(smallest eigenvalue {smallest:.3g})"
                 )

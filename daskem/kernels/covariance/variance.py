@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from daskem.errors import FitError
 from daskem.kernels.covariance.base import CovarianceType, first_index
 
 
@@ -71,7 +72,7 @@ class VarianceCovariance(CovarianceType):
         not_positive = first_index(values <= 0)
         if not_positive is not None:
             what = self._describe(not_positive, noun)
-            raise ValueError(f"{label} is invalid: {what} is {values[not_positive]:.3g}, not positive")
+            raise FitError(f"{label} is invalid: {what} is {values[not_positive]:.3g}, not positive")
 
 
 class DiagCovariance(VarianceCovariance):

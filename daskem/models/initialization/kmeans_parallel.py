@@ -240,8 +240,10 @@ def kmeans_parallel(
 
     With fewer than k distinct candidates, the missing centres are the distinct rows of a
     D^2-weighted sample of the rows no candidate covers (drawn in the counting pass); only if X has
-    fewer than k distinct rows are centres repeated, with a warning. With a ``checkpoint``, the
-    candidates are saved after every round and the result at the end, and a saved state is resumed.
+    fewer than k distinct rows are centres repeated, with a warning. ``oversampling_factor`` and
+    ``n_rounds`` are the estimators' validated parameters (``SHARED_PARAMETER_CONSTRAINTS``). With a
+    ``checkpoint``, the candidates are saved after every round and the result at the end, and a saved
+    state is resumed.
     """
     seeds = [int(seed) for seed in seeds]
     state = checkpoint.load(stage) if checkpoint is not None else None
