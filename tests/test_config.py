@@ -138,8 +138,10 @@ def test_probabilistic_outputs_are_refused_for_kmeans(key):
 
 ESTIMATORS = {"gmm": GaussianMixture, "kmeans": KMeans}
 # Constructor parameters a YAML file cannot set: explicit initial arrays (KMeans' init array goes
-# through the init key, which takes a name in YAML).
-PYTHON_ONLY = {"gmm": {"weights_init", "means_init", "precisions_init"}, "kmeans": set()}
+# through the init key, which takes a name in YAML); the run's checkpoint, which the pipeline keeps
+# beside its output, and warm_start, which needs an earlier fit.
+RUN_MANAGED = {"warm_start", "checkpoint"}
+PYTHON_ONLY = {"gmm": {"weights_init", "means_init", "precisions_init"} | RUN_MANAGED, "kmeans": RUN_MANAGED}
 # A valid value other than the default for every model key (gmm, kmeans where they differ).
 OTHER_VALUES = {"n_components": 3, "covariance_type": "diag", "tol": 0.25, "reg_covar": 0.5, "max_iter": 7,
                 "n_init": 2, "init": "random", "random_state": 11, "fan_in": 3, "init_sample_size": 123,
