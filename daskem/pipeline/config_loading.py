@@ -40,13 +40,10 @@ _MIN_MASKED_SUBSTRING = 4
 
 
 class FromEnv(str):
-    """A storage option expanded from an environment variable: it is used as the string it holds, but its
-    repr, and everything daskem writes or logs of it, show it masked."""
+    """A storage option expanded from an environment variable: used as the string it holds (its repr too,
+    which fsspec hashes to cache filesystems), but masked in everything daskem writes, logs or reports."""
 
     __slots__ = ()
-
-    def __repr__(self) -> str:
-        return repr(MASK)
 
 
 
@@ -161,7 +158,8 @@ def format_validation_error(exc: ValidationError, source: str, model=DaskemConfi
         key = ".".join(loc)
         kind = error["type"]
         message = error["msg"].removeprefix("Value error, ")
-        got = "" if kind.startswith("value_error") else f" (got {error.get('input')!r})"
+        given = error.get("input")
+        got = "" if kind.startswith("value_error") else f" (got {MASK if isinstance(given, FromEnv) else repr(given)})"
         if kind == "extra_forbidden":
             valid = _field_names(model, loc[:-1])
             close = difflib.get_close_matches(loc[-1], valid, n=1, cutoff=0.5)
