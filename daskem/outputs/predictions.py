@@ -74,6 +74,7 @@ def store_slabs(sources: list[da.Array], targets: list) -> None:
     token = uuid.uuid4().hex
     bounds = np.cumsum((0, *sources[0].chunks[0])).tolist()
     blocks = zip(*(source.to_delayed(optimize_graph=False).ravel() for source in sources))
+    targets = dask.delayed(targets, name=f"write-targets-{token}", traverse=False)  # in the graph once
     tasks = [
         dask.delayed(_write_slab, pure=False)(token, targets, bounds[i], bounds[i + 1], *parts,
                                                dask_key_name=(f"write-slab-{token}", i))
