@@ -151,7 +151,7 @@ def check_location(final: Path, inputs: Mapping[str, str | os.PathLike]) -> None
             relation = "is" if final == place else "contains" if final in place.parents else "is inside"
             raise OutputError(
                 f"{final}: output.path {relation} the input {key} ({place}); daskem never writes over its "
-                f"input: {FIX} outside it"
+                "input: choose an output.path outside it"
             )
 
 
