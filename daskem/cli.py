@@ -98,6 +98,8 @@ def build_parser() -> argparse.ArgumentParser:
     pred.add_argument("--storage-option", dest="storage_options", action="append", default=[], metavar="KEY=VALUE",
                       help="fsspec option for a URL (repeatable)")
     pred.add_argument("--chunk-rows", type=int, help="rows per task (default: the store's chunks)")
+    pred.add_argument("--allow-missing-chunks", action="store_true",
+                      help="read chunks missing from the store as the fill value (default: refuse them)")
     pred.add_argument("--no-labels", action="store_true", help="do not write labels")
     pred.add_argument("--responsibilities", action="store_true", help="write responsibilities (gmm)")
     pred.add_argument("--log-density", action="store_true", help="write log_density (gmm)")
@@ -162,7 +164,7 @@ def _predict(args) -> int:
     raw = {
         "model_path": args.model,
         "data": {"path": args.data, "array": args.array, "chunk_rows": args.chunk_rows,
-                 "storage_options": _options(args.storage_options)},
+                 "storage_options": _options(args.storage_options), "allow_missing_chunks": args.allow_missing_chunks},
         "cluster": {"address": args.address, "n_workers": args.n_workers,
                     "threads_per_worker": args.threads_per_worker, "memory_limit": args.memory_limit},
         "output": {"path": args.output, "labels": not args.no_labels, "responsibilities": args.responsibilities,

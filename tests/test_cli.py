@@ -18,6 +18,7 @@ from daskem.data.stores import open_array
 from daskem.kernels.covariance import COVARIANCE_TYPES
 from daskem.models.preprocessing import PreprocessedModel
 from daskem.outputs.model_files import load_model
+from daskem.outputs.records import output_format
 
 N_ROWS, N_FEATURES, K = 6000, 3, 4
 RUN_JSON_KEYS = {"complete", "config", "versions", "data", "cluster", "n_iter", "converged", "history",
@@ -67,7 +68,8 @@ def test_run_writes_model_predictions_and_run_json(tmp_path, run_cli, store, kin
     if kind == "kmeans":  # also: a file:// URL from ${ENV}, --set, and overwrite of an existing output
         config = config_for("${DASKEM_TEST_STORE}", out, kind="kmeans", n_components=2)
         config["output"]["overwrite"] = True
-        out.mkdir()
+        out.mkdir()  # an earlier daskem output: overwrite may replace it
+        (out / "run.json").write_text(json.dumps({**output_format(), "complete": True}))
         (out / "stale.txt").write_text("old run")
         args = ["--set", f"model.n_components={K}"]
     else:
@@ -244,7 +246,7 @@ def _case_too_many_components(tmp_path, config):
 
 def _case_output_exists(tmp_path, config):
     (tmp_path / "out").mkdir()
-    (tmp_path / "out" / "run.json").write_text('{"complete": true}')
+    (tmp_path / "out" / "run.json").write_text(json.dumps({**output_format(), "complete": True}))
     return "output directory already exists; set output.overwrite: true"
 
 

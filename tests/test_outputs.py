@@ -22,6 +22,7 @@ from daskem.models.preprocessing import (
 )
 from daskem.outputs.model_files import load_model, save_model
 from daskem.outputs.predictions import write_predictions
+from daskem.outputs.records import output_format
 from daskem.outputs.staging import StagedOutput
 from daskem.pipeline.config import PCAConfig, PreprocessConfig
 
@@ -167,9 +168,15 @@ def test_error_leaves_no_directory(tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
+def earlier_daskem_output(path):
+    """A directory that a completed daskem command wrote: its run.json is marked complete."""
+    path.mkdir()
+    (path / "run.json").write_text(json.dumps({**output_format(), "complete": True}))
+    (path / "old").write_text("keep")
+
+
 def test_existing_output_is_refused_without_overwrite(tmp_path):
-    (tmp_path / "run").mkdir()
-    (tmp_path / "run" / "old").write_text("keep")
+    earlier_daskem_output(tmp_path / "run")
     with pytest.raises(OutputError, match="output directory already exists; set output.overwrite: true"):
         StagedOutput(tmp_path / "run").check()
 
@@ -184,8 +191,7 @@ def test_empty_existing_directory_is_used(tmp_path):
 
 
 def test_overwrite_replaces_the_old_directory_only_when_complete(tmp_path):
-    (tmp_path / "run").mkdir()
-    (tmp_path / "run" / "old").write_text("keep")
+    earlier_daskem_output(tmp_path / "run")
     with pytest.raises(RuntimeError):
         with StagedOutput(tmp_path / "run", overwrite=True):
             raise RuntimeError("crash")

@@ -4,8 +4,10 @@
 ``run.json``) and a Dask array chunked along rows only: one column chunk, and row chunks (slabs)
 made of whole store chunks (whole shards when the array is sharded) grouped up to
 ``data.slab_mib``, so every stored chunk is read by exactly one task, unless ``data.chunk_rows``
-is set. Nothing is read but metadata. Every problem is a ``DataError`` whose
-message names the store or array and the fix.
+is set. Nothing is read but metadata; each task reads its slab through ``chunks.SlabReader``, so a
+corrupt chunk fails with its name. ``check_chunks(config.data)`` lists the store once to find
+chunks missing from it. Every problem is a ``DataError`` whose message names the store or array
+and the fix.
 """
 
 from __future__ import annotations
@@ -19,7 +21,9 @@ import dask.array as da
 import fsspec
 import numpy as np
 import zarr
+from dask.base import tokenize
 
+from daskem.data.chunks import SlabReader, describe_chunk, missing_chunks, missing_chunks_message, stored_chunk_shape
 from daskem.data.slabs import DEFAULT_SLAB_BYTES, plan_slab_rows
 from daskem.errors import DataError
 
@@ -71,7 +75,7 @@ def open_array(
 ) -> tuple[DataSource, da.Array]:
     """Open the array ``array`` of the Zarr store at ``path`` (or the store itself, when an array)."""
     node = open_zarr_array(path, array=array, storage_options=storage_options)
-    where = f"{path}" + (f", array {array!r}" if array else "")
+    where = describe(path, array)
     if node.ndim != 2:
         raise DataError(
             f"{where}: the array has {node.ndim} dimension(s) (shape {node.shape}); daskem needs a 2-D "
@@ -82,7 +86,7 @@ def open_array(
         raise DataError(f"{where}: the array is empty (shape {node.shape}); write some rows first")
     dtype = np.dtype(node.dtype)
     target = _working_dtype(dtype, where)
-    store_chunks = tuple(node.shards or node.chunks)
+    store_chunks = stored_chunk_shape(node)
     rows = chunk_rows or plan_slab_rows(store_chunks[0], n_features * target.itemsize, slab_bytes)
     if chunk_rows and chunk_rows % store_chunks[0]:
         logger.warning(
@@ -91,7 +95,9 @@ def open_array(
             chunk_rows,
             store_chunks[0],
         )
-    x = da.from_zarr(node, chunks=(min(rows, n_rows), n_features))
+    reader = SlabReader(node, where)
+    x = da.from_array(reader, chunks=(min(rows, n_rows), n_features), name=f"read-zarr-{tokenize(reader)}",
+                      fancy=False, asarray=False, meta=np.empty((0, 0), dtype=dtype))
     if dtype != target:
         x = x.astype(target)
     source = DataSource(
@@ -106,18 +112,52 @@ def open_array(
     return source, x
 
 
+def check_chunks(data_config) -> None:
+    """Refuse (``DataError``) an array with a chunk or shard missing from its store, which Zarr would read
+    as the fill value; with ``data.allow_missing_chunks`` log a warning instead. One listing of the store."""
+    node = open_zarr_array(data_config.path, array=data_config.array, storage_options=data_config.storage_options)
+    fs, root = store_filesystem(data_config.path, data_config.storage_options)
+    prefix = "/".join(part for part in (root.rstrip("/"), node.path) if part)
+    try:
+        listed = fs.find(prefix)
+    except Exception as exc:
+        raise DataError(
+            f"{data_config.path}: cannot list the store to check its chunks ({type(exc).__name__}: {exc}); check "
+            "the permissions of data.storage_options, which must allow listing"
+        ) from None
+    missing = missing_chunks(node, listed, fs._strip_protocol(prefix))
+    if not missing:
+        return
+    where = describe(data_config.path, data_config.array)
+    if not data_config.allow_missing_chunks:
+        raise DataError(missing_chunks_message(node, where, missing))
+    logger.warning("data.allow_missing_chunks: %d chunk(s) missing from %s are read as the fill value %s, "
+                   "first %s", len(missing), where, node.fill_value, describe_chunk(node, missing[0]))
 
 
+def describe(path: str, array: str | None) -> str:
+    """How messages name an array: the store's path, and the array inside it."""
+    return f"{path}" + (f", array {array!r}" if array else "")
+
+
+def store_filesystem(path: str, storage_options: Mapping[str, Any] | None = None):
+    """The fsspec filesystem and root path of the store at ``path``; ``DataError`` if it cannot be reached."""
+    try:
+        return fsspec.core.url_to_fs(_as_url(str(path), storage_options), **dict(storage_options or {}))
+    except Exception as exc:  # bad protocol, missing fsspec backend, bad options...
+        raise DataError(
+            f"{path}: cannot reach the store ({type(exc).__name__}: {exc}); check data.path and data.storage_options"
+        ) from None
 
 
 def open_zarr_array(path: str, *, array: str | None = None, storage_options: Mapping[str, Any] | None = None):
     """The ``zarr.Array`` at ``path`` (or ``path``/``array``), read-only; ``DataError`` if not there."""
     url = _as_url(str(path), storage_options)
     options = dict(storage_options or {})
+    fs, fs_path = store_filesystem(path, storage_options)
     try:
-        fs, fs_path = fsspec.core.url_to_fs(url, **options)
         exists = fs.exists(fs_path)
-    except Exception as exc:  # bad protocol, missing fsspec backend, bad credentials...
+    except Exception as exc:  # bad credentials, unreachable endpoint...
         raise DataError(
             f"{path}: cannot reach the store ({type(exc).__name__}: {exc}); check data.path and data.storage_options"
         ) from None

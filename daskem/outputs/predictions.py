@@ -1,8 +1,15 @@
-"""Per-row outputs (labels, responsibilities, log-density) written to Zarr by the workers."""
+"""Per-row outputs (labels, responsibilities, log-density) written to Zarr by the workers.
+
+On a distributed cluster a failed write pass stops cleanly: when one slab's task fails (a corrupt
+chunk, a full disk) or the client is interrupted, the writes that may be running are waited for and
+the others are made to do nothing before the error reaches the caller, so no worker writes into
+the staging directory that the caller removes next.
+"""
 
 from __future__ import annotations
 
 import os
+import time
 import uuid
 from dataclasses import dataclass
 from typing import Any
@@ -12,6 +19,11 @@ import numpy as np
 import zarr
 
 from daskem.engine.reduction import DEFAULT_FAN_IN, map_reduce
+
+# Tokens of stopped write passes, in each worker process: their remaining write tasks do nothing.
+_STOPPED: set[str] = set()
+# Seconds to wait, after a failure, for the write tasks already running on workers to finish.
+STOP_WAIT_SECONDS = 120
 
 # The per-row outputs a run can write, with the dtype they are stored in and whether they have one
 # column per component. All come from one E-step per slab.
@@ -55,12 +67,24 @@ def write_predictions(
         shape = (n_rows, model.n_components) if per_component else (n_rows,)
         targets[name] = group.create_array(name, shape=shape, chunks=(chunk,) + shape[1:], dtype=dtype)
         written[name] = {"dtype": np.dtype(dtype).name, "shape": list(shape), "chunk_rows": chunk}
-    payload = SlabWrite(model.row_kernel(), tuple(targets.items()))
-    rows = map_reduce(X, write_slab, payload, name=f"daskem-predictions-{uuid.uuid4().hex[:12]}", combine=sum,
-                      fan_in=fan_in)
+    rows = store_rows(X, model.row_kernel(), targets, fan_in=fan_in)
     if rows != n_rows:  # every slab writes its rows exactly once
         raise RuntimeError(f"predictions: {rows} rows written for {n_rows} rows of input")
     return written
+
+
+def store_rows(X: da.Array, kernel, targets: dict[str, Any], *, fan_in: int = DEFAULT_FAN_IN) -> int:
+    """Write ``kernel(slab, names)[name]`` of every slab into the same rows of ``targets[name]``, one
+    task per slab (one E-step for all names), and return the rows written; on a distributed
+    cluster a failure stops the pass cleanly (see the module doc)."""
+    token = uuid.uuid4().hex[:12]
+    name = f"daskem-predictions-{token}"
+    payload = SlabWrite(kernel, tuple(targets.items()), token)
+    try:
+        return map_reduce(X, write_slab, payload, name=name, combine=sum, fan_in=fan_in)
+    except BaseException:
+        _stop(token, name)
+        raise
 
 
 @dataclass(frozen=True)
@@ -69,12 +93,49 @@ class SlabWrite:
 
     kernel: Any
     targets: tuple
+    token: str
 
 
 def write_slab(slab: np.ndarray, row_start: int, payload: SlabWrite) -> int:
-    """Compute every requested output of one slab from one E-step and write it in place; the row count."""
+    """Compute every requested output of one slab from one E-step and write it in place; the row
+    count (0 when its pass was stopped)."""
+    if payload.token in _STOPPED:
+        return 0
     values = payload.kernel(slab, tuple(name for name, _ in payload.targets))
     stop = row_start + slab.shape[0]
     for name, target in payload.targets:
-        target[row_start:stop] = values[name].astype(PREDICTIONS[name][0], copy=False)
+        target[row_start:stop] = values[name].astype(target.dtype, copy=False)
     return slab.shape[0]
+
+
+def _mark_stopped(token: str) -> None:
+    _STOPPED.add(token)
+
+
+def _stop(token: str, name: str) -> None:
+    """Make the write tasks of pass ``token`` that have not started do nothing, and wait for those
+    running on a worker, which may be writing (on a local scheduler, nothing runs any more)."""
+    client = _distributed_client()
+    if client is None:
+        return
+    deadline = time.monotonic() + STOP_WAIT_SECONDS
+    try:
+        client.run(_mark_stopped, token)
+        while time.monotonic() < deadline:
+            running = [key for keys in client.processing().values() for key in keys
+                       if isinstance(key, tuple) and str(key[0]).startswith(name)]
+            if not running:
+                return
+            time.sleep(0.1)
+    except Exception:  # the cluster is gone, and its writes with it
+        return
+
+
+def _distributed_client():
+    """The distributed client that a pass would use, or None (a local scheduler)."""
+    try:
+        from distributed import default_client
+
+        return default_client()
+    except (ImportError, ValueError):
+        return None

@@ -1,4 +1,5 @@
-"""What every output records of its provenance: package versions, JSON written atomically."""
+"""What every output records of its provenance: package versions, the output's format tag, JSON
+written atomically."""
 
 from __future__ import annotations
 
@@ -14,6 +15,15 @@ import numpy as np
 
 PACKAGES = ("daskem", "numpy", "scipy", "dask", "distributed", "zarr", "dask-ml", "scikit-learn", "pydantic")
 
+# The tag of the run.json that a daskem command writes last into its output directory: with
+# "complete": true, it marks a directory as a daskem output, the only kind "overwrite" may replace.
+OUTPUT_FORMAT = "daskem-output"
+OUTPUT_FORMAT_VERSION = 1
+
+
+def output_format() -> dict[str, Any]:
+    """The format keys that open every run.json."""
+    return {"format": OUTPUT_FORMAT, "format_version": OUTPUT_FORMAT_VERSION}
 
 
 def package_versions() -> dict[str, str | None]:

@@ -131,6 +131,11 @@ class DataConfig(_Section):
         description="none: stream from the store every pass; memory: keep the (preprocessed) rows in "
         "the workers' memory; auto: keep them when they fit in half of the cluster's memory.",
     )
+    allow_missing_chunks: bool = Field(
+        False,
+        description="Read chunks (or shards) missing from the store as the array's fill value, with a "
+        "warning; by default a missing chunk stops the run before fitting, since it would be fitted as zeros.",
+    )
 
 
 class ModelConfig(_Section):

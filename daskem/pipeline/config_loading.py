@@ -1,8 +1,17 @@
-"""Reading a YAML config: --set overrides, ${ENV} expansion, validation errors as one line per key."""
+"""Reading a YAML config: --set overrides, ${ENV} expansion, validation errors as one line per key,
+and the masking of its secrets.
+
+Storage options under a secret-looking key (``SECRET_WORDS``), storage options expanded from an
+environment variable (kept as ``FromEnv`` strings) and passwords in URLs are secrets: the config
+keeps their real values, since they open the store, but ``mask_document`` hides them in what
+daskem writes (run.json, model.json) and ``masking_secrets`` in its log lines and error messages.
+"""
 
 from __future__ import annotations
 
 import difflib
+import functools
+import logging
 import os
 import re
 import types
@@ -16,10 +25,25 @@ from pydantic import (
     ValidationError,
 )
 
-from daskem.errors import ConfigError
+from daskem.errors import ConfigError, DaskemUserError
 from daskem.pipeline.config import DaskemConfig
 
 _ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-(.*?))?\}")
+MASK = "***"
+# A storage option is a secret when its key holds one of these words (case-insensitive), e.g.
+# aws_secret_access_key, key, session_token, account_key, client_secret; endpoint_url, region_name,
+# anon or client_kwargs are not (though a password in a URL is, and so is any value from ${VAR}).
+SECRET_WORDS = ("secret", "password", "passwd", "token", "key", "credential", "auth", "connection_string")
+_URL_PASSWORD = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*://[^/@:\s]*:)([^/@\s]+)(@)")
+# Secrets shorter than this are masked where they are whole values, not inside longer text.
+_MIN_MASKED_SUBSTRING = 4
+
+
+class FromEnv(str):
+    """A storage option expanded from an environment variable: used as the string it holds (its repr too,
+    which fsspec hashes to cache filesystems), but masked in everything daskem writes, logs or reports."""
+
+    __slots__ = ()
 
 
 
@@ -88,17 +112,20 @@ def apply_override(raw: dict[str, Any], override: str) -> dict[str, Any]:
 
 
 def expand_env(value: Any, where: str = "") -> Any:
-    """Replace ``${VAR}`` / ``${VAR:-default}`` in every string value, recursively."""
+    """Replace ``${VAR}`` / ``${VAR:-default}`` in every string value, recursively; a storage option
+    that took anything from the environment becomes a ``FromEnv`` string, masked in outputs and logs."""
     if isinstance(value, dict):
         return {k: expand_env(v, f"{where}.{k}" if where else str(k)) for k, v in value.items()}
     if isinstance(value, list):
         return [expand_env(v, f"{where}[{i}]") for i, v in enumerate(value)]
     if not isinstance(value, str) or "${" not in value:
         return value
+    from_env = []
 
     def substitute(match: re.Match) -> str:
         name, default = match.group(1), match.group(2)
         if name in os.environ:
+            from_env.append(name)
             return os.environ[name]
         if default is not None:
             return default
@@ -112,9 +139,10 @@ def expand_env(value: Any, where: str = "") -> Any:
         try:
             parsed = yaml.safe_load(expanded)
         except yaml.YAMLError:
-            return expanded
-        return parsed if isinstance(parsed, (int, float, bool)) else expanded
-    return expanded
+            parsed = expanded
+        if isinstance(parsed, (int, float, bool)):
+            return parsed
+    return FromEnv(expanded) if from_env and ".storage_options" in f".{where}" else expanded
 
 
 
@@ -130,7 +158,8 @@ def format_validation_error(exc: ValidationError, source: str, model=DaskemConfi
         key = ".".join(loc)
         kind = error["type"]
         message = error["msg"].removeprefix("Value error, ")
-        got = "" if kind.startswith("value_error") else f" (got {error.get('input')!r})"
+        given = error.get("input")
+        got = "" if kind.startswith("value_error") else f" (got {MASK if isinstance(given, FromEnv) else repr(given)})"
         if kind == "extra_forbidden":
             valid = _field_names(model, loc[:-1])
             close = difflib.get_close_matches(loc[-1], valid, n=1, cutoff=0.5)
@@ -195,3 +224,98 @@ def _model_of(annotation: Any) -> type[BaseModel] | None:
                 return found
     return None
 
+
+
+# ----------------------------------------------------------------------------- secrets
+
+
+def is_secret_key(key: Any) -> bool:
+    """Whether a storage option's key names a secret (see ``SECRET_WORDS``)."""
+    lowered = str(key).lower()
+    return any(word in lowered for word in SECRET_WORDS)
+
+
+def secret_values(config) -> frozenset[str]:
+    """The strings of ``config`` (a config with a ``data`` section) never to be written or logged: storage
+    options under secret-looking keys or from the environment, and passwords in URLs."""
+    found: set[str] = set()
+
+    def walk(value: Any, secret: bool) -> None:
+        if isinstance(value, dict):
+            for key, item in value.items():
+                walk(item, secret or is_secret_key(key))
+        elif isinstance(value, (list, tuple)):
+            for item in value:
+                walk(item, secret)
+        elif isinstance(value, str):
+            if secret or isinstance(value, FromEnv):
+                found.add(str(value))
+            found.update(match.group(2) for match in _URL_PASSWORD.finditer(value))
+        elif secret and value is not None and not isinstance(value, bool):
+            found.add(str(value))
+
+    walk(dict(config.data.storage_options), False)
+    walk(config.data.path, False)
+    return frozenset(value for value in found if value)
+
+
+def mask_text(text: str, secrets: frozenset[str]) -> str:
+    """``text`` with every secret (of at least 4 characters) and every password in a URL replaced by ***."""
+    for secret in sorted(secrets, key=len, reverse=True):
+        if len(secret) >= _MIN_MASKED_SUBSTRING:
+            text = text.replace(secret, MASK)
+    return _URL_PASSWORD.sub(rf"\g<1>{MASK}\g<3>", text)
+
+
+def mask_document(value: Any, secrets: frozenset[str], *, options: bool = False) -> Any:
+    """A copy of a JSON-ready document with its secrets masked: values that are secrets or hold one, and,
+    inside a ``storage_options`` mapping, every value under a secret-looking key."""
+    if isinstance(value, dict):
+        return {key: MASK if options and is_secret_key(key) and item is not None
+                else mask_document(item, secrets, options=options or key == "storage_options")
+                for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [mask_document(item, secrets, options=options) for item in value]
+    if isinstance(value, str):
+        return MASK if value in secrets else mask_text(value, secrets)
+    return value
+
+
+class _MaskSecrets(logging.Filter):
+    """Rewrites a log record whose message holds a secret."""
+
+    def __init__(self, secrets: frozenset[str]):
+        super().__init__()
+        self.secrets = secrets
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        masked = mask_text(message, self.secrets)
+        if masked != message:
+            record.msg, record.args = masked, ()
+        return True
+
+
+def masking_secrets(command):
+    """Decorate a command whose first argument is its config: while it runs, log lines show none of the
+    config's secrets, and neither does the message of a ``DaskemUserError`` it raises."""
+
+    @functools.wraps(command)
+    def wrapper(config, *args, **kwargs):
+        secrets = secret_values(config)
+        mask = _MaskSecrets(secrets)
+        handlers = {handler for name in (None, "daskem", "distributed") for handler in logging.getLogger(name).handlers}
+        for handler in handlers:
+            handler.addFilter(mask)
+        try:
+            return command(config, *args, **kwargs)
+        except DaskemUserError as exc:
+            masked = mask_text(str(exc), secrets)
+            if masked == str(exc):
+                raise
+            raise type(exc)(masked) from None
+        finally:
+            for handler in handlers:
+                handler.removeFilter(mask)
+
+    return wrapper

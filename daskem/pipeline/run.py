@@ -3,8 +3,10 @@
 ``run(config)`` fits and writes ``model/``, ``predictions.zarr`` and ``run.json``;
 ``validate(config)`` opens the data and checks the config against it without fitting;
 ``predict(config)`` applies a saved model to another store. Everything that can be checked
-without a cluster (config, data, output directory) is checked before one is started, and the
-output directory appears only once complete (see ``outputs.StagedOutput``).
+without a cluster (config, data and every chunk of it, output directory) is checked before one is
+started; the output directory appears only once complete, and replaces only an earlier daskem
+output, never an input (see ``outputs.StagedOutput``). Secrets of the config are masked in
+run.json, in the logs and in error messages (see ``config_loading.masking_secrets``).
 """
 
 from __future__ import annotations
@@ -18,13 +20,13 @@ from pathlib import Path
 from typing import Any
 
 from daskem.data.checks import check_enough_rows
-from daskem.data.stores import DataSource, open_data
+from daskem.data.stores import DataSource, check_chunks, open_data
 from daskem.engine.reduction import counting_passes, step
 from daskem.errors import ConfigError, DaskemUserError, DataError
 from daskem.models.preprocessing import PreprocessedModel, check_pca_width
 from daskem.outputs.model_files import load_model, save_model
 from daskem.outputs.predictions import write_predictions
-from daskem.outputs.records import package_versions, write_json
+from daskem.outputs.records import output_format, package_versions, write_json
 from daskem.outputs.staging import StagedOutput
 from daskem.pipeline.cluster import (
     cluster_summary,
@@ -33,6 +35,7 @@ from daskem.pipeline.cluster import (
     maybe_cache,
 )
 from daskem.pipeline.config import ESTIMATORS, DaskemConfig, PredictConfig
+from daskem.pipeline.config_loading import mask_document, masking_secrets, secret_values
 from daskem.pipeline.progress import ProgressBars
 from daskem.pipeline.resume import resume_preprocessing, resume_slabs, run_checkpoint
 from daskem.pipeline.watchdog import watched
@@ -67,11 +70,14 @@ def check_config_against_data(config: DaskemConfig, source: DataSource) -> None:
         check_pca_width(pca.n_components, n_features, data=source.name)
 
 
+@masking_secrets
 def validate(config: DaskemConfig) -> DataSource:
-    """Open the data and check the config and the output directory; no cluster, no fitting."""
+    """Open the data and check its chunks, the config and the output directory; no cluster, no fitting."""
     source, _ = open_data(config.data)
     check_config_against_data(config, source)
-    StagedOutput(config.output.local_path, overwrite=config.output.overwrite).check()
+    check_chunks(config.data)
+    StagedOutput(config.output.local_path, overwrite=config.output.overwrite,
+                 inputs={"data.path": config.data.path}).check()
     logger.info("data: %s, %d rows x %d features, %s, %d chunks of up to %d rows", source.name,
                 *source.shape, source.dtype, len(source.row_chunks), max(source.row_chunks))
     return source
@@ -109,6 +115,7 @@ def select_estimator(model, X, checkpoint=None) -> tuple[Any, list[dict]]:
 # ----------------------------------------------------------------------------- commands
 
 
+@masking_secrets
 def run(config: DaskemConfig, *, progress: bool = True, restart: bool = False) -> RunResult:
     """Fit the configured model on the configured data and write the outputs; see the module doc.
 
@@ -118,8 +125,11 @@ def run(config: DaskemConfig, *, progress: bool = True, restart: bool = False) -
     timings: dict[str, float] = {}
     source, X = open_data(config.data)
     check_config_against_data(config, source)
-    staged = StagedOutput(config.output.local_path, overwrite=config.output.overwrite)
+    check_chunks(config.data)
+    staged = StagedOutput(config.output.local_path, overwrite=config.output.overwrite,
+                          inputs={"data.path": config.data.path})
     staged.check()
+    secrets = secret_values(config)
     logger.info("data: %s, %d rows x %d features, %s, %d chunks of up to %d rows", source.name,
                 *source.shape, source.dtype, len(source.row_chunks), max(source.row_chunks))
     checkpoint = run_checkpoint(config, source, restart=restart)
@@ -156,13 +166,14 @@ def run(config: DaskemConfig, *, progress: bool = True, restart: bool = False) -
         t = time.perf_counter()
         logger.info("writing the model and predictions to %s", config.output.local_path)
         with staged as tmp, step("outputs"):
-            save_model(model, tmp / "model", metadata={"data": source.to_json()})
+            save_model(model, tmp / "model", metadata={"data": mask_document(source.to_json(), secrets)})
             written = write_predictions(model, X, tmp / "predictions.zarr", labels=config.output.labels,
                                         responsibilities=config.output.responsibilities,
                                         log_density=config.output.log_density)
             timings["outputs"] = time.perf_counter() - t
             timings["total"] = time.perf_counter() - t0
-            summary = {
+            summary = mask_document({
+                **output_format(),
                 **run_record("run", config, started_at, source, X, cluster),
                 "preprocessing": prep.to_json() if prep is not None else None,
                 **fit_summary(estimator),
@@ -171,7 +182,7 @@ def run(config: DaskemConfig, *, progress: bool = True, restart: bool = False) -
                             "arrays": written},
                 "timings": {k: round(v, 3) for k, v in timings.items()},
                 "passes": {**{name: passes.get(name, 0) for name in PASS_STEPS}, "total": sum(passes.values())},
-            }
+            }, secrets)
             write_json(tmp / "run.json", summary)
             final = staged.commit()
     checkpoint.remove()
@@ -181,12 +192,14 @@ def run(config: DaskemConfig, *, progress: bool = True, restart: bool = False) -
     return RunResult(final, source, model, summary)
 
 
+@masking_secrets
 def predict(config: PredictConfig, *, progress: bool = True) -> RunResult:
     """Apply the saved model at ``config.model_path`` to ``config.data``; write predictions.zarr and run.json."""
     started_at, t0 = _now(), time.perf_counter()
     model = load_model(config.model_path)
     estimator = getattr(model, "estimator", model)
     source, X = open_data(config.data)
+    check_chunks(config.data)
     if source.shape[1] != model.n_features_in_:
         raise DataError(f"{source.name}: has {source.shape[1]} features, but the model was fitted on "
                         f"{model.n_features_in_}; predict on data with the same columns")
@@ -195,7 +208,8 @@ def predict(config: PredictConfig, *, progress: bool = True) -> RunResult:
             raise ConfigError(
                 f"output.{key} needs a gmm model, but {config.model_path} holds a {type(estimator).__name__}"
             )
-    staged = StagedOutput(config.output.local_path, overwrite=config.output.overwrite)
+    staged = StagedOutput(config.output.local_path, overwrite=config.output.overwrite,
+                          inputs={"data.path": config.data.path, "model_path": config.model_path})
     staged.check()
     with connect(config.cluster) as client, ProgressBars(client, enabled=progress), \
             watched(client, config.cluster.timeout, memory_hint=memory_hint(config)):
@@ -205,12 +219,13 @@ def predict(config: PredictConfig, *, progress: bool = True) -> RunResult:
             written = write_predictions(model, X, tmp / "predictions.zarr", labels=config.output.labels,
                                         responsibilities=config.output.responsibilities,
                                         log_density=config.output.log_density)
-            summary = {
+            summary = mask_document({
+                **output_format(),
                 **run_record("predict", config, started_at, source, X, cluster),
                 "model_path": str(Path(config.model_path).absolute()),
                 "outputs": {"predictions": "predictions.zarr" if written else None, "arrays": written},
                 "timings": {"total": round(time.perf_counter() - t0, 3)},
-            }
+            }, secret_values(config))
             write_json(tmp / "run.json", summary)
             final = staged.commit()
     logger.info("predictions of %s written to %s", source.name, final)
