@@ -112,6 +112,11 @@ def _mark_stopped(token: str) -> None:
     _STOPPED.add(token)
 
 
+def _executing(name: str, dask_worker=None) -> int:
+    """How many tasks of the pass ``name`` this worker is running now."""
+    return sum(name in str(task.key) for task in dask_worker.state.executing)
+
+
 def _stop(token: str, name: str) -> None:
     """Make the write tasks of pass ``token`` that have not started do nothing, and wait for those
     running on a worker, which may be writing (on a local scheduler, nothing runs any more)."""
@@ -121,11 +126,9 @@ def _stop(token: str, name: str) -> None:
     deadline = time.monotonic() + STOP_WAIT_SECONDS
     try:
         client.run(_mark_stopped, token)
-        while time.monotonic() < deadline:
-            running = [key for keys in client.processing().values() for key in keys
-                       if isinstance(key, tuple) and str(key[0]).startswith(name)]
-            if not running:
-                return
+        # Ask the workers themselves: a task released by the failed compute is no longer the
+        # scheduler's, but its thread may still be writing.
+        while time.monotonic() < deadline and any(client.run(_executing, name).values()):
             time.sleep(0.1)
     except Exception:  # the cluster is gone, and its writes with it
         return
