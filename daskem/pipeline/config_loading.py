@@ -187,7 +187,7 @@ def _config_key(model: type[BaseModel], loc: tuple) -> list[str]:
     """The config key of an error's location: the field names along it, and list positions.
 
     pydantic also names the member of a union that failed (``int``, ``list[int]``,
-    ``literal['full','tied']``); past the last section, a string that names no field is such a name.
+    ``literal['full','tied']``): past a field that is not a section, only list positions are kept.
     """
     parts: list[str] = []
     section: type[BaseModel] | None = model
