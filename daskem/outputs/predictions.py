@@ -34,6 +34,15 @@ PREDICTIONS = {
 }
 
 
+def prediction_bytes(n_rows: int, n_components: int | None, outputs) -> int:
+    """About how many bytes the per-row outputs that ``outputs`` (an ``OutputConfig``) asks for take."""
+    total = 0
+    for name, (dtype, per_component) in PREDICTIONS.items():
+        if getattr(outputs, name, False):
+            total += n_rows * np.dtype(dtype).itemsize * ((n_components or 1) if per_component else 1)
+    return total
+
+
 def write_predictions(
     model,
     X,

@@ -12,20 +12,22 @@ run.json, in the logs and in error messages (see ``config_loading.masking_secret
 from __future__ import annotations
 
 import logging
+import errno
 import time
 import warnings
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from daskem.data.checks import check_enough_rows
 from daskem.data.stores import DataSource, check_chunks, open_data
 from daskem.engine.reduction import counting_passes, step
-from daskem.errors import ConfigError, DaskemUserError, DataError
+from daskem.errors import ConfigError, DaskemUserError, DataError, OutputError
 from daskem.models.preprocessing import PreprocessedModel, check_pca_width
 from daskem.outputs.model_files import load_model, save_model
-from daskem.outputs.predictions import write_predictions
+from daskem.outputs.predictions import prediction_bytes, write_predictions
 from daskem.outputs.records import output_format, package_versions, write_json
 from daskem.outputs.staging import StagedOutput
 from daskem.pipeline.cluster import (
@@ -139,33 +141,12 @@ def run(config: DaskemConfig, *, progress: bool = True, restart: bool = False) -
             watched(client, config.cluster.timeout, memory_hint=memory_hint(config)):
         cluster = cluster_summary(client, config.cluster.address is None)
         X = resume_slabs(checkpoint, config.data, fit_slabs_to_workers(config.data, X, source, cluster))
-        prep = None
-        features = X
-        if config.preprocess is not None and config.preprocess.enabled:
-            t = time.perf_counter()
-            prep = resume_preprocessing(checkpoint, X, config)
-            features = prep.transform(X)
-            timings["preprocess"] = time.perf_counter() - t
-        features = maybe_cache(features, config.data.cache, client)
-
-        t = time.perf_counter()
-        candidates = None
-        if config.model.is_selection:
-            logger.info("fit: %d candidate models in the same passes", len(config.model.n_components_list)
-                        * len(config.model.covariance_types) * config.model.n_init)
-            estimator, candidates = fit(lambda X: select_estimator(config.model, X, checkpoint=checkpoint),
-                                        features, source)
-        else:
-            estimator = build_estimator(config.model)
-            logger.info("fit: %r", estimator)
-            fit(estimator.set_params(checkpoint=checkpoint).fit, features, source)
-        estimator.set_params(checkpoint=None)  # the run's file, not a parameter of the saved model
-        timings["fit"] = time.perf_counter() - t
-        model = estimator if prep is None else PreprocessedModel(estimator, prep)
+        model, estimator, prep, candidates = _fit_configured(config, X, source, checkpoint, client, timings)
 
         t = time.perf_counter()
         logger.info("writing the model and predictions to %s", config.output.local_path)
-        with staged as tmp, step("outputs"):
+        with staged as tmp, step("outputs"), \
+                disk_full_named(config.output.local_path, X.shape[0], model, config.output):
             save_model(model, tmp / "model", metadata={"data": mask_document(source.to_json(), secrets)})
             written = write_predictions(model, X, tmp / "predictions.zarr", labels=config.output.labels,
                                         responsibilities=config.output.responsibilities,
@@ -192,6 +173,47 @@ def run(config: DaskemConfig, *, progress: bool = True, restart: bool = False) -
     return RunResult(final, source, model, summary)
 
 
+def _fit_configured(config, X, source, checkpoint, client, timings: dict[str, float]):
+    """Preprocess (or resume the preprocessing), cache, and fit the configured model or selection;
+    ``(model, estimator, preprocessing, candidate table)``."""
+    prep, features = None, X
+    if config.preprocess is not None and config.preprocess.enabled:
+        t = time.perf_counter()
+        prep = resume_preprocessing(checkpoint, X, config)
+        features = prep.transform(X)
+        timings["preprocess"] = time.perf_counter() - t
+    features = maybe_cache(features, config.data.cache, client)
+    t = time.perf_counter()
+    candidates = None
+    if config.model.is_selection:
+        logger.info("fit: %d candidate models in the same passes", len(config.model.n_components_list)
+                    * len(config.model.covariance_types) * config.model.n_init)
+        estimator, candidates = fit(lambda X: select_estimator(config.model, X, checkpoint=checkpoint),
+                                    features, source)
+    else:
+        estimator = build_estimator(config.model)
+        logger.info("fit: %r", estimator)
+        fit(estimator.set_params(checkpoint=checkpoint).fit, features, source)
+    estimator.set_params(checkpoint=None)  # the run's file, not a parameter of the saved model
+    timings["fit"] = time.perf_counter() - t
+    return (estimator if prep is None else PreprocessedModel(estimator, prep)), estimator, prep, candidates
+
+
+@contextmanager
+def disk_full_named(output: Path, n_rows: int, model, outputs) -> Iterator[None]:
+    """A full disk while writing outputs becomes one line: the path, the bytes the outputs need, the fix."""
+    try:
+        yield
+    except OSError as exc:
+        if exc.errno != errno.ENOSPC:
+            raise
+        needed = prediction_bytes(n_rows, getattr(model, "n_components", None), outputs)
+        raise OutputError(
+            f"{output}: no space left on the device while writing the outputs (the predictions need about "
+            f"{needed / 2**20:.0f} MiB): free some space or choose another output.path"
+        ) from None
+
+
 @masking_secrets
 def predict(config: PredictConfig, *, progress: bool = True) -> RunResult:
     """Apply the saved model at ``config.model_path`` to ``config.data``; write predictions.zarr and run.json."""
@@ -215,7 +237,7 @@ def predict(config: PredictConfig, *, progress: bool = True) -> RunResult:
             watched(client, config.cluster.timeout, memory_hint=memory_hint(config)):
         cluster = cluster_summary(client, config.cluster.address is None)
         X = fit_slabs_to_workers(config.data, X, source, cluster)
-        with staged as tmp:
+        with staged as tmp, disk_full_named(config.output.local_path, X.shape[0], model, config.output):
             written = write_predictions(model, X, tmp / "predictions.zarr", labels=config.output.labels,
                                         responsibilities=config.output.responsibilities,
                                         log_density=config.output.log_density)
