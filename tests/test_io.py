@@ -203,6 +203,15 @@ def test_make_data_refuses_to_overwrite(tmp_path):
     assert zarr.open_array(str(tmp_path / "a.zarr"), path="X").shape == (20, 2)
 
 
+def test_make_data_overwrite_never_replaces_what_it_did_not_write(tmp_path):
+    precious = tmp_path / "mine"
+    precious.mkdir()
+    (precious / "thesis.txt").write_text("years of work")
+    with pytest.raises(DataError, match="was not written by 'daskem make-data'"):
+        make_data(str(precious), n_samples=10, overwrite=True)
+    assert (precious / "thesis.txt").read_text() == "years of work"
+
+
 @pytest.mark.parametrize(("kwargs", "message"), [
     (dict(dtype="int32"), "choose float32 or float64"),
     (dict(n_components=20), "larger than --n-samples"),

@@ -86,9 +86,47 @@ def make_data(
     """Write ``n_samples`` x ``n_features`` rows of a ``n_components`` mixture to the Zarr store ``path``.
 
     ``array`` names the array inside a group; ``None`` or "" writes the array at the store's root.
-    ``shard_rows`` (Zarr v3 only) groups chunks into shards of that many rows. Returns a summary.
+    ``shard_rows`` (Zarr v3 only) groups chunks into shards of that many rows. ``overwrite`` replaces
+    only a store that ``make_data`` wrote (one with its ``.truth`` beside it). Returns a summary.
     """
     dtype = np.dtype(dtype)
+    chunk_rows = _check_arguments(n_samples, n_features, n_components, chunk_rows, shard_rows, dtype, zarr_format)
+    options = dict(storage_options or {})
+    url = path if "://" in path or not options else "file://" + _abspath(path)
+    if url.startswith(("file://", "local://")):
+        options.setdefault("auto_mkdir", True)  # fsspec's local files do not create directories otherwise
+    fs, fs_path = fsspec.core.url_to_fs(url, **options)
+    truth_path = fs_path.rstrip("/") + ".truth"
+    _clear(fs, fs_path, truth_path, path, overwrite)
+
+    mixture = make_mixture(n_components, n_features, seed=seed, separation=separation)
+    target = _create_target(url, options, array, (n_samples, n_features), chunk_rows, shard_rows, dtype, zarr_format)
+
+    def block(block_info=None):
+        info = block_info[None]
+        (start, stop), _ = info["array-location"]
+        return sample_block(stop - start, mixture, seed, info["chunk-location"][0], dtype)
+
+    rows = da.core.normalize_chunks((shard_rows or chunk_rows, n_features), (n_samples, n_features))
+    lazy = da.map_blocks(block, chunks=rows, dtype=dtype, meta=np.empty((0, 0), dtype=dtype))
+    with dask.config.set(scheduler="threads"):
+        da.store(lazy, target, lock=False)
+
+    summary = {
+        "path": path, "array": array or None, "shape": [n_samples, n_features], "dtype": dtype.name,
+        "chunk_rows": chunk_rows, "shard_rows": shard_rows, "zarr_format": zarr_format, "n_components": n_components,
+        "seed": seed, "separation": separation,
+        "truth": truth_path if "://" not in url else f"{url.rstrip('/')}.truth",
+    }
+    _write_truth(fs, truth_path, mixture, summary)
+    logger.info("make-data: wrote %d x %d %s rows in %d blocks to %s%s; true parameters in %s",
+                n_samples, n_features, dtype.name, len(rows[0]), path,
+                f" (array {array})" if array else "", summary["truth"])
+    return summary
+
+
+def _check_arguments(n_samples, n_features, n_components, chunk_rows, shard_rows, dtype, zarr_format) -> int:
+    """Refuse arguments that cannot make a store, each naming its flag; the rows per chunk to use."""
     if dtype not in (np.float32, np.float64):
         raise DataError(f"--dtype {dtype}: choose float32 or float64")
     for name, value in (("n_samples", n_samples), ("n_features", n_features), ("n_components", n_components)):
@@ -106,69 +144,44 @@ def make_data(
             raise DataError("--shard-rows needs --zarr-format 3 (Zarr v2 has no shards)")
         if shard_rows % chunk_rows:
             raise DataError(f"--shard-rows {shard_rows} must be a multiple of --chunk-rows {chunk_rows}")
-    options = dict(storage_options or {})
-    url = path if "://" in path or not options else "file://" + _abspath(path)
-    if url.startswith(("file://", "local://")):
-        options.setdefault("auto_mkdir", True)  # fsspec's local files do not create directories otherwise
-    fs, fs_path = fsspec.core.url_to_fs(url, **options)
-    truth_path = fs_path.rstrip("/") + ".truth"
-    if fs.exists(fs_path) and not overwrite:
-        raise DataError(f"{path}: already exists; pass --overwrite to replace it, or choose another path")
-    if overwrite:
-        for old in (fs_path, truth_path):
-            if fs.exists(old):
-                fs.rm(old, recursive=True)
+    return chunk_rows
 
-    mixture = make_mixture(n_components, n_features, seed=seed, separation=separation)
-    block_rows = shard_rows or chunk_rows
+
+def _clear(fs, fs_path: str, truth_path: str, path: str, overwrite: bool) -> None:
+    """Make room for the new store: refuse an existing path unless ``overwrite``, and even then replace
+    only a store this command wrote (its true parameters lie beside it)."""
+    if not fs.exists(fs_path):
+        return
+    if not overwrite:
+        raise DataError(f"{path}: already exists; pass --overwrite to replace it, or choose another path")
+    if not fs.exists(f"{truth_path}/truth.json"):
+        raise DataError(f"{path}: exists and was not written by 'daskem make-data' (no {path.rstrip('/')}.truth/ "
+                        "beside it), so --overwrite does not replace it; remove it yourself or choose another path")
+    for old in (fs_path, truth_path):
+        fs.rm(old, recursive=True)
+
+
+def _create_target(url, options, array, shape, chunk_rows, shard_rows, dtype, zarr_format):
+    """The empty Zarr array to fill: ``array`` in a new group, or the store's root array."""
     kwargs = {"storage_options": options} if "://" in url else {}
-    spec = dict(
-        shape=(n_samples, n_features),
-        chunks=(chunk_rows, n_features),
-        dtype=dtype,
-        shards=(shard_rows, n_features) if shard_rows else None,
-    )
+    spec = dict(shape=shape, chunks=(chunk_rows, shape[1]), dtype=dtype,
+                shards=(shard_rows, shape[1]) if shard_rows else None)
     if array:
         group = zarr.open_group(url, mode="w-", zarr_format=zarr_format, **kwargs)
-        target = group.create_array(array, **spec)
-    else:
-        target = zarr.create_array(url, **spec, zarr_format=zarr_format, **kwargs)
+        return group.create_array(array, **spec)
+    return zarr.create_array(url, **spec, zarr_format=zarr_format, **kwargs)
 
-    def block(block_info=None):
-        info = block_info[None]
-        (start, stop), _ = info["array-location"]
-        return sample_block(stop - start, mixture, seed, info["chunk-location"][0], dtype)
 
-    rows = da.core.normalize_chunks((block_rows, n_features), (n_samples, n_features))
-    lazy = da.map_blocks(block, chunks=rows, dtype=dtype, meta=np.empty((0, 0), dtype=dtype))
-    with dask.config.set(scheduler="threads"):
-        da.store(lazy, target, lock=False)
-
+def _write_truth(fs, truth_path: str, mixture: TrueMixture, summary: dict[str, Any]) -> None:
+    """The true parameters beside the store: one .npy per parameter and truth.json (written last)."""
     fs.makedirs(truth_path, exist_ok=True)
     for name in ("weights", "means", "covariances"):
         with fs.open(f"{truth_path}/{name}.npy", "wb") as f:
             np.save(f, getattr(mixture, name), allow_pickle=False)
-    summary = {
-        "path": path,
-        "array": array or None,
-        "shape": [n_samples, n_features],
-        "dtype": dtype.name,
-        "chunk_rows": chunk_rows,
-        "shard_rows": shard_rows,
-        "zarr_format": zarr_format,
-        "n_components": n_components,
-        "seed": seed,
-        "separation": separation,
-        "truth": truth_path if "://" not in url else f"{url.rstrip('/')}.truth",
-    }
     document = {**summary, "weights": mixture.weights.tolist(), "means": mixture.means.tolist(),
                 "covariances": mixture.covariances.tolist(), "covariance_type": "full"}
     with fs.open(f"{truth_path}/truth.json", "w") as f:
         json.dump(document, f, indent=2)
-    logger.info("make-data: wrote %d x %d %s rows in %d blocks to %s%s; true parameters in %s",
-                n_samples, n_features, dtype.name, len(rows[0]), path,
-                f" (array {array})" if array else "", summary["truth"])
-    return summary
 
 
 def load_truth(path: str) -> TrueMixture:
