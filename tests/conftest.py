@@ -38,3 +38,12 @@ def write_config(path: Path, config: dict) -> Path:
     """Write ``config`` as YAML to ``path``; returns ``path``."""
     path.write_text(yaml.safe_dump(config, sort_keys=False))
     return path
+
+
+@pytest.fixture(scope="session")
+def s3():
+    """A real S3 endpoint (moto's server on 127.0.0.1) with a bucket and an access key; see ``tests/s3.py``."""
+    from s3 import s3_server
+
+    with s3_server() as server:
+        yield server

@@ -118,6 +118,7 @@ def make_data(
         for old in (fs_path, truth_path):
             if fs.exists(old):
                 fs.rm(old, recursive=True)
+    fs.makedirs(fs._parent(fs_path), exist_ok=True)  # a new bucket, on object stores
 
     mixture = make_mixture(n_components, n_features, seed=seed, separation=separation)
     block_rows = shard_rows or chunk_rows

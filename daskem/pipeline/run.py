@@ -17,7 +17,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from daskem.data.stores import DataSource, open_data
+from daskem.data.stores import DataSource, open_data, redacted
+from daskem.engine.reduction import DEFAULT_FAN_IN
 from daskem.errors import ConfigError, DataError
 from daskem.models.preprocessing import PreprocessedModel, fit_preprocessing
 from daskem.outputs.model_files import load_model, save_model
@@ -29,6 +30,7 @@ from daskem.pipeline.cluster import (
     connect,
     fit_slabs_to_workers,
     maybe_cache,
+    tasks_per_pass,
 )
 from daskem.pipeline.config import DaskemConfig, PredictConfig
 from daskem.pipeline.progress import ProgressBars
@@ -136,7 +138,7 @@ def run(config: DaskemConfig, *, progress: bool = True) -> RunResult:
     timings["open"] = time.perf_counter() - t0
 
     with connect(config.cluster) as client, ProgressBars(client, enabled=progress):
-        cluster = cluster_summary(client, config.cluster.address is None)
+        cluster = cluster_summary(client, config.cluster.embedded)
         X = fit_slabs_to_workers(config.data, X, source, cluster)
         prep = None
         features = X
@@ -201,7 +203,7 @@ def predict(config: PredictConfig, *, progress: bool = True) -> RunResult:
     staged = StagedOutput(config.output.local_path, overwrite=config.output.overwrite)
     staged.check()
     with connect(config.cluster) as client, ProgressBars(client, enabled=progress):
-        cluster = cluster_summary(client, config.cluster.address is None)
+        cluster = cluster_summary(client, config.cluster.embedded)
         X = fit_slabs_to_workers(config.data, X, source, cluster)
         with staged as tmp:
             written = write_predictions(model, X, tmp / "predictions.zarr", labels=config.output.labels,
@@ -220,16 +222,20 @@ def predict(config: PredictConfig, *, progress: bool = True) -> RunResult:
 
 
 def run_record(command: str, config, started_at: str, source: DataSource, X, cluster: dict[str, Any]) -> dict:
-    """What run.json says of every command: what ran, on what data, slabs and cluster, with which versions."""
+    """What run.json says of every command: what ran, on what data, slabs and cluster, with which
+    versions; the credentials of ``data.storage_options`` are left out."""
+    dumped = config.model_dump(mode="json")
+    dumped["data"]["storage_options"] = redacted(config.data.storage_options)
     return {
         "complete": True,
         "command": command,
         "started_at": started_at,
         "finished_at": _now(),
-        "config": config.model_dump(mode="json"),
+        "config": dumped,
         "versions": package_versions(),
         "data": source.to_json(),
         "slabs": {"rows": max(X.chunks[0]), "count": len(X.chunks[0])},
+        "tasks_per_pass": tasks_per_pass(X, config.model.fan_in if isinstance(config, DaskemConfig) else DEFAULT_FAN_IN),
         "cluster": cluster,
     }
 
