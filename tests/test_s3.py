@@ -49,6 +49,7 @@ def test_run_on_a_sharded_s3_store_gives_the_local_model_and_reads_one_task_per_
                     env=s3.env(tmp_path))
     assert there.returncode == 0, there.stderr
     assert s3.secret not in there.stderr + there.stdout
+    assert "dashboard:" not in there.stderr  # cluster.dashboard: false, so none is served nor logged
 
     record = (tmp_path / "s3" / "run.json").read_text()
     assert s3.secret not in record and s3.key not in record
