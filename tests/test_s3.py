@@ -14,7 +14,7 @@ from conftest import write_config
 from dask_processes import closed_port
 from s3 import KEY_VARIABLE, SECRET_VARIABLE
 
-from daskem.data.stores import open_array
+from daskem.data.stores import open_array, redacted
 from daskem.data.synthetic import make_data
 from daskem.errors import DataError
 from daskem.outputs.model_files import load_model
@@ -129,3 +129,13 @@ def test_a_credential_variable_that_is_not_set_names_the_key_and_the_variable(tm
                    env=env, timeout=60)
     assert done.returncode == 2
     assert f"data.storage_options.secret: environment variable {SECRET_VARIABLE} is not set" in done.stderr
+
+
+def test_every_credential_of_the_storage_options_is_hidden_in_records_nested_ones_too():
+    options = {"endpoint_url": "http://127.0.0.1:9000", "anon": False, "key": "AKIA1", "secret": "s3cr3t",
+               "client_kwargs": {"region_name": "eu-west-1", "aws_session_token": "t0k3n"},
+               "account_name": "acct", "account_key": "k3y", "sas_token": "sas", "password": "pw"}
+    assert redacted(options) == {
+        "endpoint_url": "http://127.0.0.1:9000", "anon": False, "key": "***", "secret": "***",
+        "client_kwargs": {"region_name": "eu-west-1", "aws_session_token": "***"},
+        "account_name": "acct", "account_key": "***", "sas_token": "***", "password": "***"}

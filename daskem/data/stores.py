@@ -232,11 +232,11 @@ def _scrub(exc: BaseException, options: Mapping[str, Any]) -> str:
 
 
 def _merged(defaults: Mapping[str, Any], options: Mapping[str, Any]) -> dict[str, Any]:
-    """``options`` over a fresh copy of ``defaults``, nested mappings merged (backends mutate them)."""
+    """A fresh copy of ``options`` over ``defaults``, nested mappings merged (backends mutate them)."""
     out = copy.deepcopy(dict(defaults))
     for name, value in options.items():
         both = isinstance(value, Mapping) and isinstance(out.get(name), Mapping)
-        out[name] = _merged(out[name], value) if both else value
+        out[name] = _merged(out[name], value) if both else copy.deepcopy(value)
     return out
 
 
