@@ -99,26 +99,10 @@ class _QuietHandler(WSGIRequestHandler):
 
 
 def _moto_application():
-    """moto's WSGI application, whose S3 signature check sees the query string as it was signed.
-
-    werkzeug's ``request.url`` decodes ``%2F`` in the query (``prefix=a%2Fb`` becomes ``prefix=a/b``),
-    so moto's signature check fails on every listing with a ``/`` in its prefix; the raw query fixes it.
-    """
-    import flask
+    """moto's WSGI application: S3, IAM and moto's own API, dispatched by request."""
     from moto.moto_server.werkzeug_app import DomainDispatcherApplication, create_backend_app
 
-    class RawQueryRequest(flask.Request):
-        @property
-        def url(self) -> str:
-            query = self.environ.get("QUERY_STRING", "")
-            return self.base_url + (f"?{query}" if query else "")
-
-    def create_app(service):
-        app = create_backend_app(service)
-        app.request_class = RawQueryRequest
-        return app
-
-    return DomainDispatcherApplication(create_app)
+    return DomainDispatcherApplication(create_backend_app)
 
 
 def _moto_api(endpoint: str, action: str, body: bytes) -> None:
