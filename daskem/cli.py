@@ -104,7 +104,11 @@ def build_parser() -> argparse.ArgumentParser:
     pred.add_argument("--responsibilities", action="store_true", help="write responsibilities (gmm)")
     pred.add_argument("--log-density", action="store_true", help="write log_density (gmm)")
     pred.add_argument("--overwrite", action="store_true", help="replace an existing output directory")
-    pred.add_argument("--address", help="scheduler address; default: an embedded cluster")
+    pred.add_argument("--address", help="scheduler address (tcp://host:port, tls://host:port); default: an embedded cluster")
+    pred.add_argument("--scheduler-file", help="JSON file a running scheduler wrote its address to (instead of --address)")
+    pred.add_argument("--tls-ca-file", help="tls:// scheduler: PEM file of the CA that signed its certificate")
+    pred.add_argument("--tls-cert", help="tls:// scheduler: PEM file of this client's certificate")
+    pred.add_argument("--tls-key", help="tls:// scheduler: PEM file of this client's private key (unless in --tls-cert)")
     pred.add_argument("--n-workers", type=int, default=2, help="embedded cluster: worker processes (default 2)")
     pred.add_argument("--threads-per-worker", type=int, default=1, help="embedded cluster: threads per worker")
     pred.add_argument("--memory-limit", default="4GiB", help="embedded cluster: memory per worker (default 4GiB)")
@@ -165,8 +169,9 @@ def _predict(args) -> int:
         "model_path": args.model,
         "data": {"path": args.data, "array": args.array, "chunk_rows": args.chunk_rows,
                  "storage_options": _options(args.storage_options), "allow_missing_chunks": args.allow_missing_chunks},
-        "cluster": {"address": args.address, "n_workers": args.n_workers,
-                    "threads_per_worker": args.threads_per_worker, "memory_limit": args.memory_limit},
+        "cluster": {"address": args.address, "scheduler_file": args.scheduler_file, "tls": _tls(args),
+                    "n_workers": args.n_workers, "threads_per_worker": args.threads_per_worker,
+                    "memory_limit": args.memory_limit},
         "output": {"path": args.output, "labels": not args.no_labels, "responsibilities": args.responsibilities,
                    "log_density": args.log_density, "overwrite": args.overwrite},
     }
@@ -187,6 +192,19 @@ def _make_data(args) -> int:
     )
     print(summary["path"])
     return 0
+
+
+def _tls(args) -> dict | None:
+    """``cluster.tls`` from the --tls-* flags of ``predict``; None when none is given."""
+    from daskem.errors import ConfigError
+
+    files = {"ca_file": args.tls_ca_file, "cert_file": args.tls_cert, "key_file": args.tls_key}
+    if not any(files.values()):
+        return None
+    if not (args.tls_ca_file and args.tls_cert):
+        raise ConfigError("--tls-ca-file and --tls-cert go together (with --tls-key unless the key is in "
+                          "--tls-cert); give both")
+    return files
 
 
 def _options(pairs: Sequence[str]) -> dict:

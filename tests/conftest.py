@@ -46,3 +46,12 @@ def cov(request):
     """Each registered covariance type, then the toy ``scalar`` type, registered for this test only."""
     with registered(request.param) as covariance_type:
         yield covariance_type
+
+
+@pytest.fixture(scope="session")
+def s3():
+    """A real S3 endpoint (moto's server on 127.0.0.1) with a bucket and an access key; see ``tests/s3.py``."""
+    from s3 import s3_server
+
+    with s3_server() as server:
+        yield server

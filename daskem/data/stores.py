@@ -12,6 +12,7 @@ and the fix.
 
 from __future__ import annotations
 
+import copy
 import logging
 import os
 from dataclasses import asdict, dataclass
@@ -154,17 +155,7 @@ def open_zarr_array(path: str, *, array: str | None = None, storage_options: Map
     """The ``zarr.Array`` at ``path`` (or ``path``/``array``), read-only; ``DataError`` if not there."""
     url = _as_url(str(path), storage_options)
     options = dict(storage_options or {})
-    fs, fs_path = store_filesystem(path, storage_options)
-    try:
-        exists = fs.exists(fs_path)
-    except Exception as exc:  # bad credentials, unreachable endpoint...
-        raise DataError(
-            f"{path}: cannot reach the store ({type(exc).__name__}: {exc}); check data.path and data.storage_options"
-        ) from None
-    if not exists:
-        raise DataError(
-            f"{path}: no such file or directory; check data.path (relative paths start at the current directory)"
-        )
+    check_reachable(str(path), url, options)
     try:
         node = zarr.open(url, mode="r", **({"storage_options": options} if "://" in url else {}))
     except (zarr.errors.NodeNotFoundError, FileNotFoundError):
@@ -173,7 +164,7 @@ def open_zarr_array(path: str, *, array: str | None = None, storage_options: Map
             "at a Zarr store, e.g. one written by 'daskem make-data'"
         ) from None
     except Exception as exc:
-        raise DataError(f"{path}: cannot open as a Zarr store ({type(exc).__name__}: {exc})") from None
+        raise DataError(f"{path}: cannot open as a Zarr store ({_scrub(exc, options)})") from None
     if isinstance(node, zarr.Array):
         if array:
             raise DataError(f"{path}: the store is an array, not a group; remove data.array ({array!r})")
@@ -208,6 +199,85 @@ def _working_dtype(dtype: np.dtype, where: str) -> np.dtype:
     raise DataError(
         f"{where}: dtype {dtype} is not numeric (or is complex); store the features as float32 or float64"
     )
+
+
+# Reaching an object store. The first look-up of a store fails fast (few retries, short connect
+# timeouts), so a wrong endpoint is reported in seconds; the reads of a fit keep the backend's own
+# retries. An error is explained by the first class name of its type's MRO found below: the
+# backends' classes (botocore's, aiohttp's) are matched without importing them.
+FAIL_FAST_OPTIONS = {
+    "s3": {"config_kwargs": {"connect_timeout": 5, "retries": {"max_attempts": 2, "mode": "standard"}}},
+}
+ACCESS_ERRORS = (
+    (("NoCredentialsError", "PartialCredentialsError", "DefaultCredentialsError"),
+     "no credentials found", "set them in data.storage_options (s3: key and secret, e.g. key: "
+     "${AWS_ACCESS_KEY_ID}, secret: ${AWS_SECRET_ACCESS_KEY}), or anon: true for a public bucket"),
+    (("PermissionError",),
+     "access denied", "check the credentials in data.storage_options (s3: key and secret) and that they may read it"),
+    (("EndpointConnectionError", "ConnectTimeoutError", "ClientConnectorError", "ConnectionError", "TimeoutError"),
+     "cannot connect", "check data.storage_options.endpoint_url and that the server is up"),
+    (("ImportError",),
+     "no filesystem for this protocol", "install it (gs://: pip install 'daskem[gcs]'; az:// or abfs://: "
+     "pip install 'daskem[azure]')"),
+)
+# Option names holding credentials: their values are never printed nor written to run.json.
+SECRET_OPTION_MARKERS = ("key", "secret", "token", "password", "credential", "sas")
+
+
+def check_reachable(path: str, url: str, options: Mapping[str, Any]) -> None:
+    """Look ``url`` up once; a missing store, refused credentials or an unreachable endpoint become
+    one ``DataError`` naming ``path`` and the fix, without the secrets of ``options``."""
+    protocol = url.partition("://")[0] if "://" in url else "file"
+    try:
+        fs, fs_path = fsspec.core.url_to_fs(url, **_merged(FAIL_FAST_OPTIONS.get(protocol, {}), options))
+        fs.info(fs_path)
+    except FileNotFoundError as exc:
+        if protocol in ("file", "local"):
+            raise DataError(f"{path}: no such file or directory; check data.path (relative paths start at "
+                            "the current directory)") from None
+        raise DataError(f"{path}: no such bucket or object ({_scrub(exc, options)}); check data.path") from None
+    except Exception as exc:  # bad protocol, missing backend, credentials, endpoint...
+        names = {cls.__name__ for cls in type(exc).__mro__}
+        what, fix = next(((what, fix) for classes, what, fix in ACCESS_ERRORS if names.intersection(classes)),
+                         ("cannot reach the store", "check data.path and data.storage_options"))
+        raise DataError(f"{path}: {what} ({_scrub(exc, options)}); {fix}") from None
+
+
+def redacted(storage_options: Mapping[str, Any]) -> dict[str, Any]:
+    """``storage_options`` with the value of every credential (see ``SECRET_OPTION_MARKERS``) hidden."""
+    return {name: "***" if _is_secret(name) else redacted(value) if isinstance(value, Mapping) else value
+            for name, value in storage_options.items()}
+
+
+def _is_secret(name: str) -> bool:
+    return any(marker in str(name).lower() for marker in SECRET_OPTION_MARKERS)
+
+
+def _scrub(exc: BaseException, options: Mapping[str, Any]) -> str:
+    """``exc`` as one line of text, every credential of ``options`` replaced by ``***``."""
+    text = " ".join(f"{type(exc).__name__}: {exc}".split())
+    secrets: list[str] = []
+
+    def collect(mapping: Mapping[str, Any]) -> None:
+        for name, value in mapping.items():
+            if isinstance(value, Mapping):
+                collect(value)
+            elif _is_secret(name) and isinstance(value, str) and value:
+                secrets.append(value)
+
+    collect(options)
+    for secret in sorted(secrets, key=len, reverse=True):
+        text = text.replace(secret, "***")
+    return text
+
+
+def _merged(defaults: Mapping[str, Any], options: Mapping[str, Any]) -> dict[str, Any]:
+    """A fresh copy of ``options`` over ``defaults``, nested mappings merged (backends mutate them)."""
+    out = copy.deepcopy(dict(defaults))
+    for name, value in options.items():
+        both = isinstance(value, Mapping) and isinstance(out.get(name), Mapping)
+        out[name] = _merged(out[name], value) if both else copy.deepcopy(value)
+    return out
 
 
 def _as_url(path: str, storage_options: Mapping[str, Any] | None) -> str:

@@ -98,6 +98,7 @@ def make_data(
     fs, fs_path = fsspec.core.url_to_fs(url, **options)
     truth_path = fs_path.rstrip("/") + ".truth"
     _clear(fs, fs_path, truth_path, path, overwrite)
+    fs.makedirs(fs._parent(fs_path), exist_ok=True)  # a new bucket, on object stores
 
     mixture = make_mixture(n_components, n_features, seed=seed, separation=separation)
     target = _create_target(url, options, array, (n_samples, n_features), chunk_rows, shard_rows, dtype, zarr_format)

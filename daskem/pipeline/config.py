@@ -15,6 +15,7 @@ checks only the types.
 from __future__ import annotations
 
 import inspect
+import os
 from pathlib import Path
 from typing import Any, Literal, Optional
 
@@ -257,13 +258,45 @@ class ModelConfig(_Section):
         return value
 
 
+class TLSConfig(_Section):
+    """Certificates of a client that talks TLS to a running scheduler (``tls://`` addresses).
+
+    Dask's TLS is mutual: the scheduler checks the client's certificate against its own CA, and the
+    client checks the scheduler's against ``ca_file``."""
+
+    ca_file: str = Field(description="PEM file of the certificate authority that signed the scheduler's certificate.")
+    cert_file: str = Field(description="PEM file of this client's certificate (it may hold the private key too).")
+    key_file: Optional[str] = Field(None, description="PEM file of the private key; leave out when cert_file holds it.")
+
+    @field_validator("ca_file", "cert_file", "key_file")
+    @classmethod
+    def _readable_file(cls, value: Optional[str]) -> Optional[str]:
+        if value is None:
+            return None
+        path = Path(value).expanduser().absolute()
+        if not path.is_file():
+            raise ValueError(f"{value!r}: no such file; give the path of a PEM file")
+        if not os.access(path, os.R_OK):
+            raise ValueError(f"{value!r}: not readable by this user; fix its permissions")
+        return str(path)
+
+
 class ClusterConfig(_Section):
-    """The Dask cluster that does the work."""
+    """The Dask cluster that does the work: an embedded LocalCluster, or a running scheduler named by
+    ``address`` or ``scheduler_file``."""
 
     address: Optional[str] = Field(
         None,
-        description="Scheduler address (tcp://host:8786) of a running cluster; null: start an "
-        "embedded LocalCluster with the settings below.",
+        description="Scheduler address (tcp://host:8786, or tls://host:8786 with cluster.tls) of a running "
+        "cluster; null (and no scheduler_file): start an embedded LocalCluster with the settings below.",
+    )
+    scheduler_file: Optional[str] = Field(
+        None,
+        description="JSON file a running scheduler wrote its address to (dask scheduler --scheduler-file, "
+        "dask-jobqueue, dask-mpi); waited for up to dask's connect timeout. Instead of address.",
+    )
+    tls: Optional[TLSConfig] = Field(
+        None, description="Certificates for a tls:// scheduler; null for tcp://."
     )
     n_workers: PositiveInt = Field(2, description="Embedded cluster: number of worker processes.")
     threads_per_worker: PositiveInt = Field(1, description="Embedded cluster: threads per worker.")
@@ -277,6 +310,11 @@ class ClusterConfig(_Section):
         "or without an answer from the scheduler, before the run stops with an error instead of waiting.",
     )
 
+    @property
+    def embedded(self) -> bool:
+        """True when the run starts its own LocalCluster (neither address nor scheduler_file given)."""
+        return self.address is None and self.scheduler_file is None
+
     @field_validator("memory_limit", mode="before")
     @classmethod
     def _check_memory(cls, value: Any) -> Any:
@@ -288,6 +326,57 @@ class ClusterConfig(_Section):
             except (ValueError, TypeError):
                 raise ValueError(f"{value!r} is not a size; write e.g. 4GiB, 512MB or auto") from None
         return value
+
+    @field_validator("address")
+    @classmethod
+    def _check_address(cls, value: Optional[str]) -> Optional[str]:
+        if value is not None:
+            check_scheduler_address(value)
+        return value
+
+    @field_validator("scheduler_file")
+    @classmethod
+    def _absolute_file(cls, value: Optional[str]) -> Optional[str]:
+        return None if value is None else str(Path(value).expanduser().absolute())
+
+    @model_validator(mode="after")
+    def _one_scheduler_and_its_tls(self) -> "ClusterConfig":
+        if self.address is not None and self.scheduler_file is not None:
+            raise ValueError("address and scheduler_file both name a scheduler; keep one")
+        if self.tls is not None and self.embedded:
+            raise ValueError("tls is for a running scheduler: set address (tls://host:port) or scheduler_file, "
+                             "or remove tls for an embedded cluster")
+        problem = None if self.address is None else tls_mismatch(self.address, self.tls)
+        if problem:  # a scheduler file's address is checked once read (daskem.pipeline.cluster)
+            raise ValueError(f"address {problem}")
+        return self
+
+
+SCHEDULER_SCHEMES = ("tcp", "tls", "ws", "wss")
+TLS_SCHEMES = ("tls", "wss")
+
+
+def check_scheduler_address(address: str) -> None:
+    """Raise ``ValueError`` unless ``address`` is ``[scheme://]host:port`` with a scheme Dask
+    connects to over TCP (tcp, tls, ws, wss; tcp when left out)."""
+    scheme, sep, location = address.rpartition("://")
+    if sep and scheme not in SCHEDULER_SCHEMES:
+        raise ValueError(f"{address!r}: unknown scheme {scheme!r}; write tcp://host:port or tls://host:port")
+    host, colon, port = location.rpartition(":")
+    if not colon or not host.strip("[]") or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"{address!r} is not a scheduler address; write tcp://host:port, e.g. tcp://10.0.0.5:8786")
+
+
+def tls_mismatch(address: str, tls: Optional[TLSConfig]) -> Optional[str]:
+    """Why ``address`` and ``tls`` do not go together (a TLS scheduler without certificates, or
+    certificates for a plain one), or None."""
+    encrypted = address.partition("://")[0] in TLS_SCHEMES
+    if encrypted and tls is None:
+        return (f"{address}, a TLS scheduler: set cluster.tls (ca_file, cert_file, key_file) to the "
+                "certificates that let this client in")
+    if not encrypted and tls is not None:
+        return f"{address}, not a tls:// address, but cluster.tls is set; write tls://host:port, or remove cluster.tls"
+    return None
 
 
 class PCAConfig(_Section):

@@ -22,8 +22,8 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from daskem.data.checks import check_enough_rows
-from daskem.data.stores import DataSource, check_chunks, open_data
-from daskem.engine.reduction import counting_passes, step
+from daskem.data.stores import DataSource, check_chunks, open_data, redacted
+from daskem.engine.reduction import DEFAULT_FAN_IN, counting_passes, step
 from daskem.errors import ConfigError, DaskemUserError, DataError, OutputError
 from daskem.models.preprocessing import PreprocessedModel, check_pca_width
 from daskem.outputs.model_files import load_model, save_model
@@ -35,6 +35,7 @@ from daskem.pipeline.cluster import (
     connect,
     fit_slabs_to_workers,
     maybe_cache,
+    tasks_per_pass,
 )
 from daskem.pipeline.config import ESTIMATORS, DaskemConfig, PredictConfig
 from daskem.pipeline.config_loading import mask_document, masking_secrets, secret_values
@@ -139,7 +140,7 @@ def run(config: DaskemConfig, *, progress: bool = True, restart: bool = False) -
 
     with connect(config.cluster) as client, ProgressBars(client, enabled=progress), counting_passes() as passes, \
             watched(client, config.cluster.timeout, memory_hint=memory_hint(config)):
-        cluster = cluster_summary(client, config.cluster.address is None)
+        cluster = cluster_summary(client, config.cluster.embedded)
         X = resume_slabs(checkpoint, config.data, fit_slabs_to_workers(config.data, X, source, cluster))
         model, estimator, prep, candidates = _fit_configured(config, X, source, checkpoint, client, timings)
 
@@ -235,7 +236,7 @@ def predict(config: PredictConfig, *, progress: bool = True) -> RunResult:
     staged.check()
     with connect(config.cluster) as client, ProgressBars(client, enabled=progress), \
             watched(client, config.cluster.timeout, memory_hint=memory_hint(config)):
-        cluster = cluster_summary(client, config.cluster.address is None)
+        cluster = cluster_summary(client, config.cluster.embedded)
         X = fit_slabs_to_workers(config.data, X, source, cluster)
         with staged as tmp, disk_full_named(config.output.local_path, X.shape[0], model, config.output):
             written = write_predictions(model, X, tmp / "predictions.zarr", labels=config.output.labels,
@@ -264,16 +265,20 @@ def memory_hint(config) -> str:
 
 
 def run_record(command: str, config, started_at: str, source: DataSource, X, cluster: dict[str, Any]) -> dict:
-    """What run.json says of every command: what ran, on what data, slabs and cluster, with which versions."""
+    """What run.json says of every command: what ran, on what data, slabs and cluster, with which
+    versions; the credentials of ``data.storage_options`` are left out."""
+    dumped = config.model_dump(mode="json")
+    dumped["data"]["storage_options"] = redacted(config.data.storage_options)
     return {
         "complete": True,
         "command": command,
         "started_at": started_at,
         "finished_at": _now(),
-        "config": config.model_dump(mode="json"),
+        "config": dumped,
         "versions": package_versions(),
         "data": source.to_json(),
         "slabs": {"rows": max(X.chunks[0]), "count": len(X.chunks[0])},
+        "tasks_per_pass": tasks_per_pass(X, config.model.fan_in if isinstance(config, DaskemConfig) else DEFAULT_FAN_IN),
         "cluster": cluster,
     }
 
