@@ -19,6 +19,10 @@ from typing import Iterator, Sequence
 from conftest import cli_env
 
 
+# The scheduler's HTTP server runs even without the dashboard: on a free port, not on 8787.
+NO_DASHBOARD = ("--no-dashboard", "--dashboard-address", "127.0.0.1:0")
+
+
 def closed_port() -> int:
     """A port on 127.0.0.1 that nothing listens on (bound, then released)."""
     with socket.socket() as sock:
@@ -33,7 +37,7 @@ def dask_process(*args: str, cwd: Path) -> subprocess.Popen:
 
 
 @contextmanager
-def dask_cluster(directory: Path, *, scheduler_args: Sequence[str] = ("--no-dashboard",),
+def dask_cluster(directory: Path, *, scheduler_args: Sequence[str] = NO_DASHBOARD,
                  worker_args: Sequence[str] = (), n_workers: int = 2, security=None) -> Iterator[dict]:
     """A scheduler on 127.0.0.1 (a free port) and ``n_workers`` one-thread workers of 1 GiB joined
     through ``directory/scheduler.json``; ``security`` lets the test's own client in to wait for them."""

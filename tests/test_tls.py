@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from conftest import write_config
-from dask_processes import dask_cluster
+from dask_processes import NO_DASHBOARD, dask_cluster
 
 from daskem.data.synthetic import make_data
 from daskem.models.kmeans import KMeans
@@ -56,7 +56,7 @@ def tls_address(tmp_path_factory, certificates):
     client = Security(tls_ca_file=str(files["ca"]), tls_client_cert=str(files["client.pem"]),
                       tls_client_key=str(files["client.key"]), require_encryption=True)
     with dask_cluster(tmp_path_factory.mktemp("tls-cluster"), security=client,
-                      scheduler_args=["--protocol", "tls", "--no-dashboard", *dask_flags(files, "scheduler")],
+                      scheduler_args=["--protocol", "tls", *NO_DASHBOARD, *dask_flags(files, "scheduler")],
                       worker_args=dask_flags(files, "worker")) as info:
         assert info["address"].startswith("tls://127.0.0.1:")
         yield info["address"]
