@@ -24,7 +24,13 @@ import numpy as np
 import zarr
 from dask.base import tokenize
 
-from daskem.data.chunks import SlabReader, describe_chunk, missing_chunks, missing_chunks_message, stored_chunk_shape
+from daskem.data.chunks import (
+    SlabReader,
+    describe_chunk,
+    missing_chunks,
+    missing_chunks_message,
+    stored_chunk_shape,
+)
 from daskem.data.slabs import DEFAULT_SLAB_BYTES, plan_slab_rows
 from daskem.errors import DataError
 

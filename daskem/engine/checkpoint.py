@@ -56,6 +56,7 @@ class Checkpoint:
         self.identity: dict[str, Any] = {}
         self._saved_identity: dict[str, Any] | None = None  # as read from the file
         self._stages: dict[str, Any] | None = None
+        self._created: list[str] = []  # folders made for the file, deepest first, removed with it
         self.with_identity(**(identity or {}))
 
     def with_identity(self, **more: Any) -> "Checkpoint":
@@ -97,6 +98,12 @@ class Checkpoint:
         if fs.exists(path):
             fs.rm(path)
         self._stages, self._saved_identity = {}, {}
+        for directory in self._created:  # deepest first: only the folders the first write made, if empty
+            try:
+                os.rmdir(directory)
+            except OSError:
+                break
+        self._created = []
 
     # ----------------------------------------------------------------------------- file
     def _fs(self):
@@ -132,7 +139,9 @@ class Checkpoint:
         fs, path = self._fs()
         if isinstance(fs, fsspec.implementations.local.LocalFileSystem):
             directory = os.path.dirname(path)
+            missing = [d for d in _ancestors(directory) if not os.path.isdir(d)]
             os.makedirs(directory, exist_ok=True)
+            self._created = self._created or missing
             tmp = os.path.join(directory, f".{os.path.basename(path)}.{uuid.uuid4().hex[:8]}.tmp")
             with open(tmp, "wb") as f:
                 f.write(buffer.getvalue())
@@ -143,6 +152,14 @@ class Checkpoint:
             with fs.open(path, "wb") as f:
                 f.write(buffer.getvalue())
         self._stages, self._saved_identity = stages, identity
+
+
+def _ancestors(directory: str) -> list[str]:
+    """``directory`` and its parents, deepest first."""
+    out = [os.path.abspath(directory)]
+    while os.path.dirname(out[-1]) != out[-1]:
+        out.append(os.path.dirname(out[-1]))
+    return out
 
 
 def identity_of_array(X) -> dict[str, Any]:

@@ -6,9 +6,9 @@ import importlib.util
 import json
 import logging
 import signal
-import threading
 import socket
 import ssl
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -20,7 +20,12 @@ from daskem.data.slabs import slab_bytes_for_cluster
 from daskem.data.stores import DataSource, open_data
 from daskem.engine.reduction import DEFAULT_FAN_IN, reduction_graph
 from daskem.errors import DaskemUserError
-from daskem.pipeline.config import ClusterConfig, TLSConfig, check_scheduler_address, tls_mismatch
+from daskem.pipeline.config import (
+    ClusterConfig,
+    TLSConfig,
+    check_scheduler_address,
+    tls_mismatch,
+)
 
 logger = logging.getLogger("daskem")
 

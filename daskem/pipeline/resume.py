@@ -10,11 +10,15 @@ resumes from it; a run of another config refuses it with one line, or starts afr
 from __future__ import annotations
 
 import logging
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 from daskem.data.stores import DataSource, open_data
-from daskem.engine.checkpoint import Checkpoint
+from daskem.engine.checkpoint import Checkpoint, CheckpointMismatch
+from daskem.errors import DaskemUserError, OutputError
 from daskem.models.preprocessing import Preprocessing, fit_preprocessing
+from daskem.pipeline.watchdog import ClusterError
 
 logger = logging.getLogger("daskem")
 
@@ -41,6 +45,20 @@ def run_checkpoint(config, source: DataSource, *, restart: bool = False) -> Chec
         checkpoint.remove()
         logger.info("--restart: the checkpoint of the earlier run was removed")
     return checkpoint
+
+
+@contextmanager
+def dropped_if_futile(checkpoint: Checkpoint) -> Iterator[None]:
+    """Keep the checkpoint when the run stops for a reason outside the config and data (interrupted,
+    the cluster lost, the disk full), so the same command resumes; drop it when the config or the
+    data must change first (NaN rows, a collapsed component): a resume would only repeat the error."""
+    try:
+        yield
+    except (CheckpointMismatch, ClusterError, OutputError):
+        raise
+    except DaskemUserError:
+        checkpoint.remove()
+        raise
 
 
 def resume_slabs(checkpoint: Checkpoint, data_config, X):

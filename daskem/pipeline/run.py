@@ -11,8 +11,8 @@ run.json, in the logs and in error messages (see ``config_loading.masking_secret
 
 from __future__ import annotations
 
-import logging
 import errno
+import logging
 import time
 import warnings
 from contextlib import contextmanager
@@ -40,7 +40,12 @@ from daskem.pipeline.cluster import (
 from daskem.pipeline.config import ESTIMATORS, DaskemConfig, PredictConfig
 from daskem.pipeline.config_loading import mask_document, masking_secrets, secret_values
 from daskem.pipeline.progress import ProgressBars
-from daskem.pipeline.resume import resume_preprocessing, resume_slabs, run_checkpoint
+from daskem.pipeline.resume import (
+    dropped_if_futile,
+    resume_preprocessing,
+    resume_slabs,
+    run_checkpoint,
+)
 from daskem.pipeline.watchdog import watched
 
 logger = logging.getLogger("daskem")
@@ -139,7 +144,7 @@ def run(config: DaskemConfig, *, progress: bool = True, restart: bool = False) -
     timings["open"] = time.perf_counter() - t0
 
     with connect(config.cluster) as client, ProgressBars(client, enabled=progress), counting_passes() as passes, \
-            watched(client, config.cluster.timeout, memory_hint=memory_hint(config)):
+            watched(client, config.cluster.timeout, memory_hint=memory_hint(config)), dropped_if_futile(checkpoint):
         cluster = cluster_summary(client, config.cluster.embedded)
         X = resume_slabs(checkpoint, config.data, fit_slabs_to_workers(config.data, X, source, cluster))
         model, estimator, prep, candidates = _fit_configured(config, X, source, checkpoint, client, timings)

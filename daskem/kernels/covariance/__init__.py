@@ -9,8 +9,16 @@ below: its import and ``register(NewCovariance())``.
 """
 
 from daskem.kernels.covariance.base import CovarianceType
-from daskem.kernels.covariance.matrix import FullCovariance, MatrixCovariance, TiedCovariance
-from daskem.kernels.covariance.variance import DiagCovariance, SphericalCovariance, VarianceCovariance
+from daskem.kernels.covariance.matrix import (
+    FullCovariance,
+    MatrixCovariance,
+    TiedCovariance,
+)
+from daskem.kernels.covariance.variance import (
+    DiagCovariance,
+    SphericalCovariance,
+    VarianceCovariance,
+)
 from daskem.kernels.tiles import CentredRows
 
 COVARIANCE_TYPES: dict[str, CovarianceType] = {}
