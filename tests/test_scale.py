@@ -63,6 +63,7 @@ def _fit_larger_than_memory(tmp_path, *, memory_limit_mib: int, store_mib: int, 
     return max(peaks.values()), X.nbytes
 
 
+@pytest.mark.slow
 @pytest.mark.cluster
 def test_fit_streams_a_store_four_times_a_workers_memory_limit(tmp_path):
     _fit_larger_than_memory(tmp_path, memory_limit_mib=500, store_mib=2048)
