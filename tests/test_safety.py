@@ -233,6 +233,25 @@ def test_a_secret_from_the_environment_is_in_neither_run_json_nor_the_logs(tmp_p
     assert "sw0rdf1sh" not in done.stderr
 
 
+@pytest.mark.cluster
+def test_a_secret_that_is_a_word_of_daskem_s_own_text_leaves_the_output_replaceable(tmp_path, run_cli):
+    """A credential such as the access key ``daskem`` is masked inside text, but never in the format
+    tag of run.json: with it masked, the next run would not know the output as its own to replace."""
+    make_store(tmp_path / "in.zarr")
+    config = {
+        "data": {"path": "in.zarr", "array": "X", "storage_options": {"token": "${DASKEM_TEST_SECRET}"}},
+        "model": {"kind": "kmeans", "n_components": 2, "max_iter": 3},
+        "cluster": {"n_workers": 1, "threads_per_worker": 1, "memory_limit": "1GiB", "dashboard": False},
+        "output": {"path": "out", "overwrite": True},
+    }
+    path = write_config(tmp_path / "c.yaml", config)
+    for _ in range(2):
+        done = run_cli("run", path, "--no-progress", env={"DASKEM_TEST_SECRET": "daskem"})
+        assert done.returncode == 0, done.stderr
+        summary = json.loads((tmp_path / "out" / "run.json").read_text())
+        assert summary["format"] == "daskem-output" and summary["config"]["data"]["storage_options"]["token"] == MASK
+
+
 # ----------------------------------------------------------------------------- leftovers
 
 ENTER_STAGING = "import sys; from daskem.outputs.staging import StagedOutput; StagedOutput(sys.argv[1]).__enter__(); "

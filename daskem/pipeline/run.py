@@ -159,8 +159,7 @@ def run(config: DaskemConfig, *, progress: bool = True, restart: bool = False) -
                                         log_density=config.output.log_density)
             timings["outputs"] = time.perf_counter() - t
             timings["total"] = time.perf_counter() - t0
-            summary = mask_document({
-                **output_format(),
+            summary = {**output_format(), **mask_document({  # the format tag is never masked: readers need it
                 **run_record("run", config, started_at, source, X, cluster),
                 "preprocessing": prep.to_json() if prep is not None else None,
                 **fit_summary(estimator),
@@ -169,7 +168,7 @@ def run(config: DaskemConfig, *, progress: bool = True, restart: bool = False) -
                             "arrays": written},
                 "timings": {k: round(v, 3) for k, v in timings.items()},
                 "passes": {**{name: passes.get(name, 0) for name in PASS_STEPS}, "total": sum(passes.values())},
-            }, secrets)
+            }, secrets)}
             write_json(tmp / "run.json", summary)
             final = staged.commit()
     checkpoint.remove()
@@ -247,13 +246,12 @@ def predict(config: PredictConfig, *, progress: bool = True) -> RunResult:
             written = write_predictions(model, X, tmp / "predictions.zarr", labels=config.output.labels,
                                         responsibilities=config.output.responsibilities,
                                         log_density=config.output.log_density)
-            summary = mask_document({
-                **output_format(),
+            summary = {**output_format(), **mask_document({
                 **run_record("predict", config, started_at, source, X, cluster),
                 "model_path": str(Path(config.model_path).absolute()),
                 "outputs": {"predictions": "predictions.zarr" if written else None, "arrays": written},
                 "timings": {"total": round(time.perf_counter() - t0, 3)},
-            }, secret_values(config))
+            }, secret_values(config))}
             write_json(tmp / "run.json", summary)
             final = staged.commit()
     logger.info("predictions of %s written to %s", source.name, final)
