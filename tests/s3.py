@@ -1,4 +1,4 @@
-"""A real S3 server for tests: moto's server on 127.0.0.1 on a free port, in a thread of the test
+"""A real S3 server for tests: moto's server on 127.0.0.1 (or another address) on a free port, in a thread of the test
 process, that checks the signature of every request against an IAM access key it issued.
 
 The daskem processes a test starts (the CLI, its Dask workers) reach it over HTTP like any S3
@@ -64,16 +64,17 @@ class S3Server:
 
 
 @contextmanager
-def s3_server(bucket: str = "daskem") -> Iterator[S3Server]:
-    """Start moto's S3 (and IAM) server on 127.0.0.1:0, create ``bucket`` and an access key, then
-    turn on request authentication; shut the server down and forget its state on the way out."""
+def s3_server(bucket: str = "daskem", host: str = "127.0.0.1") -> Iterator[S3Server]:
+    """Start moto's S3 (and IAM) server on ``host`` (an address of this machine), on a free port, create
+    ``bucket`` and an access key, then turn on request authentication; shut the server down and forget
+    its state on the way out."""
     import boto3
     from werkzeug.serving import make_server
 
-    server = make_server("127.0.0.1", 0, _moto_application(), threaded=True, request_handler=_QuietHandler)
+    server = make_server(host, 0, _moto_application(), threaded=True, request_handler=_QuietHandler)
     thread = threading.Thread(target=server.serve_forever, name="moto-s3", daemon=True)
     thread.start()
-    endpoint = f"http://127.0.0.1:{server.server_address[1]}"
+    endpoint = f"http://{host}:{server.server_address[1]}"
     try:
         setup = dict(endpoint_url=endpoint, region_name="us-east-1", aws_access_key_id="setup",
                      aws_secret_access_key="setup")
