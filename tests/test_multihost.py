@@ -65,8 +65,13 @@ def dask_hosts(network: Network, directory: Path) -> Iterator[str]:
             (directory / name).mkdir()
             start(host, "worker", address, "--host", host.address, "--no-nanny", "--name", name, "--nthreads", "1",
                   "--memory-limit", "1GiB", "--no-dashboard", "--local-directory", str(directory / name))
-        with Client(address, timeout="60s") as client:
-            client.wait_for_workers(2, timeout=60)
+        try:
+            with Client(address, timeout="60s") as client:
+                client.wait_for_workers(2, timeout=60)
+        except (OSError, TimeoutError) as error:
+            logs = "".join(f"--- {path.name}\n{path.read_text()[-1500:]}" for path in sorted(directory.glob("*.log")))
+            pytest.fail(f"the workers did not join {address} across the bridge ({error!r}); is bridged traffic "
+                        f"filtered (br_netfilter and an iptables FORWARD policy of DROP)?\n{logs}")
         yield address
     finally:
         for process in processes:
