@@ -90,6 +90,7 @@ class PrefixOutput:
         self.inputs = dict(inputs or {})
         self._fs = self._root = None
         self._writing = False
+        self._leftover: str | None = None
 
     # ----------------------------------------------------------------------------- checks
     def check(self) -> None:
@@ -153,7 +154,7 @@ class PrefixOutput:
         writer = str(record.get("writer", "?"))
         pid, _, host = writer.partition("@")
         if host == _host() and pid.isdigit() and not _alive(int(pid)):
-            logger.info("replacing the incomplete output %s left by the interrupted run %s", self.url, writer)
+            self._leftover = writer  # replaced on entering, with a log line
             return
         if not self.overwrite:
             raise OutputError(
@@ -166,6 +167,8 @@ class PrefixOutput:
     def __enter__(self) -> OutputDir:
         self.check()
         fs, root = self._filesystem()
+        if self._leftover:
+            logger.info("replacing the incomplete output %s left by the interrupted run %s", self.url, self._leftover)
         write_record(fs, f"{root}/{RECORD}", {**output_format(), "complete": False, "writer": _owner(),
                                                "started_at": _now()})
         self._writing = True
