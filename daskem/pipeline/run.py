@@ -4,9 +4,10 @@
 ``validate(config)`` opens the data and checks the config against it without fitting;
 ``predict(config)`` applies a saved model to another store. Everything that can be checked
 without a cluster (config, data and every chunk of it, output directory) is checked before one is
-started; the output (a directory, or an object-store prefix) is marked complete only at the end, and
-replaces only an earlier daskem output, never an input (see ``outputs.locations``). Secrets of the config are masked in
-run.json, in the logs and in error messages (see ``config_loading.masking_secrets``).
+started; the output (a directory, or an object-store prefix) is marked complete only at the end,
+and replaces only an earlier daskem output, never an input (see ``outputs.locations``). Secrets of
+the config are masked in run.json, in the logs and in error messages (see
+``config_loading.masking_secrets``).
 """
 
 from __future__ import annotations
