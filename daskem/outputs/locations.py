@@ -169,8 +169,12 @@ class PrefixOutput:
         fs, root = self._filesystem()
         if self._leftover:
             logger.info("replacing the incomplete output %s left by the interrupted run %s", self.url, self._leftover)
-        write_record(fs, f"{root}/{RECORD}", {**output_format(), "complete": False, "writer": _owner(),
-                                               "started_at": _now()})
+        try:
+            write_record(fs, f"{root}/{RECORD}", {**output_format(), "complete": False, "writer": _owner(),
+                                                   "started_at": _now()})
+        except Exception as exc:  # credentials that may list but not write
+            raise OutputError(access_problem(self.url, exc, self.storage_options, key="output.storage_options",
+                                             path_key="output.path", verb="write")) from None
         self._writing = True
         self._remove(exclude_record=True)  # an earlier daskem output, now marked incomplete first
         return OutputDir(self.url, self.storage_options)
