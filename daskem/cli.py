@@ -91,12 +91,14 @@ def build_parser() -> argparse.ArgumentParser:
     config_arguments(check)
 
     pred = command("predict", "Apply a saved model to a Zarr store; write predictions.zarr and run.json.", _predict)
-    pred.add_argument("model", help="a run's output directory, or its model/ directory")
+    pred.add_argument("model", help="a run's output directory, or its model/ directory: local path or fsspec URL")
     pred.add_argument("data", help="Zarr store: local path or fsspec URL")
-    pred.add_argument("-o", "--output", required=True, help="output directory (created)")
+    pred.add_argument("-o", "--output", required=True, help="output directory or fsspec URL prefix (created)")
     pred.add_argument("--array", help="array inside the store's group")
-    pred.add_argument("--storage-option", dest="storage_options", action="append", default=[], metavar="KEY=VALUE",
-                      help="fsspec option for a URL (repeatable)")
+    for flag, what in (("", "the data"), ("model-", "the model"), ("output-", "the output")):
+        pred.add_argument(f"--{flag}storage-option", dest=f"{flag.replace('-', '_')}storage_options", action="append",
+                          default=[], metavar="KEY=VALUE",
+                          help=f"fsspec option for {what}'s URL (repeatable; ${{VAR}} is expanded)")
     pred.add_argument("--chunk-rows", type=int, help="rows per task (default: the store's chunks)")
     pred.add_argument("--allow-missing-chunks", action="store_true",
                       help="read chunks missing from the store as the fill value (default: refuse them)")
@@ -156,7 +158,7 @@ def _validate(args) -> int:
         f", {model.covariance_type} covariances, ranked by {model.criterion}" if model.kind == "gmm" else "")
     print(f"ok: {args.config}: {source.name}: {source.shape[0]} rows x {source.shape[1]} features, "
           f"{source.dtype}, {len(source.row_chunks)} chunks of up to {max(source.row_chunks)} rows; "
-          f"model {what}; output {config.output.local_path}")
+          f"model {what}; output {config.output.location}")
     return 0
 
 
@@ -167,12 +169,14 @@ def _predict(args) -> int:
 
     raw = {
         "model_path": args.model,
+        "model_storage_options": _options(args.model_storage_options, "--model-storage-option"),
         "data": {"path": args.data, "array": args.array, "chunk_rows": args.chunk_rows,
                  "storage_options": _options(args.storage_options), "allow_missing_chunks": args.allow_missing_chunks},
         "cluster": {"address": args.address, "scheduler_file": args.scheduler_file, "tls": _tls(args),
                     "n_workers": args.n_workers, "threads_per_worker": args.threads_per_worker,
                     "memory_limit": args.memory_limit},
-        "output": {"path": args.output, "labels": not args.no_labels, "responsibilities": args.responsibilities,
+        "output": {"path": args.output, "storage_options": _options(args.output_storage_options, "--output-storage-option"),
+                   "labels": not args.no_labels, "responsibilities": args.responsibilities,
                    "log_density": args.log_density, "overwrite": args.overwrite},
     }
     config = parse_config(raw, source="predict", model=PredictConfig)
@@ -207,13 +211,13 @@ def _tls(args) -> dict | None:
     return files
 
 
-def _options(pairs: Sequence[str]) -> dict:
+def _options(pairs: Sequence[str], flag: str = "--storage-option") -> dict:
     from daskem.errors import ConfigError
     from daskem.pipeline.config_loading import apply_override
 
     out: dict = {}
     for pair in pairs:
         if "=" not in pair:
-            raise ConfigError(f"--storage-option {pair!r}: write it as key=value")
+            raise ConfigError(f"{flag} {pair!r}: write it as key=value")
         out = apply_override(out, pair)
     return out

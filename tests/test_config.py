@@ -236,13 +236,16 @@ def test_memory_limit_must_be_a_size(value, ok):
             parse_config(raw)
 
 
-def test_output_must_be_local():
+def test_output_path_is_a_local_directory_or_an_object_store_url_but_not_a_process_s_memory():
     raw = minimal()
-    raw["output"]["path"] = "s3://bucket/results"
-    with pytest.raises(ConfigError, match="output.path: 's3://bucket/results': outputs are written to a local"):
+    raw["output"]["path"] = "s3://bucket/results/"
+    output = parse_config(raw).output
+    assert not output.is_local and output.location == "s3://bucket/results"
+    raw["output"]["path"] = "memory://results"
+    with pytest.raises(ConfigError, match="output.path: 'memory://results': a memory:// filesystem lives in one"):
         parse_config(raw)
     raw["output"]["path"] = "file:///tmp/results"
-    assert parse_config(raw).output.path == "/tmp/results"
+    assert parse_config(raw).output.path == "/tmp/results" and parse_config(raw).output.is_local
 
 
 def test_overrides_set_nested_values_parsed_as_yaml():

@@ -79,4 +79,6 @@ def test_the_job_config_validates_with_the_environment_of_the_compose_file(compo
     assert config.data.path == compose["services"]["setup"]["command"][4]
     assert config.data.storage_options["endpoint_url"] == job["environment"]["AWS_ENDPOINT_URL_S3"]
     assert config.cluster.scheduler_file.endswith("work/scheduler.json")
-    assert config.output.path.startswith("work/") and "work:/opt/daskem/work" in job["volumes"]
+    assert "work:/opt/daskem/work" in job["volumes"]  # the scheduler file; the outputs go to the bucket
+    assert config.output.path.startswith(f"s3://{config.data.path.removeprefix('s3://').split('/')[0]}/results/")
+    assert config.output.storage_options == config.data.storage_options

@@ -170,7 +170,7 @@ def open_zarr_array(path: str, *, array: str | None = None, storage_options: Map
             "at a Zarr store, e.g. one written by 'daskem make-data'"
         ) from None
     except Exception as exc:
-        raise DataError(f"{path}: cannot open as a Zarr store ({_scrub(exc, options)})") from None
+        raise DataError(f"{path}: cannot open as a Zarr store ({scrub(exc, options)})") from None
     if isinstance(node, zarr.Array):
         if array:
             raise DataError(f"{path}: the store is an array, not a group; remove data.array ({array!r})")
@@ -216,12 +216,12 @@ FAIL_FAST_OPTIONS = {
 }
 ACCESS_ERRORS = (
     (("NoCredentialsError", "PartialCredentialsError", "DefaultCredentialsError"),
-     "no credentials found", "set them in data.storage_options (s3: key and secret, e.g. key: "
-     "${AWS_ACCESS_KEY_ID}, secret: ${AWS_SECRET_ACCESS_KEY}), or anon: true for a public bucket"),
+     "no credentials found", "set them in {options} (s3: key and secret, e.g. key: "
+     "${{AWS_ACCESS_KEY_ID}}, secret: ${{AWS_SECRET_ACCESS_KEY}}), or anon: true for a public bucket"),
     (("PermissionError",),
-     "access denied", "check the credentials in data.storage_options (s3: key and secret) and that they may read it"),
+     "access denied", "check the credentials in {options} (s3: key and secret) and that they may {verb} it"),
     (("EndpointConnectionError", "ConnectTimeoutError", "ClientConnectorError", "ConnectionError", "TimeoutError"),
-     "cannot connect", "check data.storage_options.endpoint_url and that the server is up"),
+     "cannot connect", "check {options}.endpoint_url and that the server is up"),
     (("ImportError",),
      "no filesystem for this protocol", "install it (gs://: pip install 'daskem[gcs]'; az:// or abfs://: "
      "pip install 'daskem[azure]')"),
@@ -235,18 +235,31 @@ def check_reachable(path: str, url: str, options: Mapping[str, Any]) -> None:
     one ``DataError`` naming ``path`` and the fix, without the secrets of ``options``."""
     protocol = url.partition("://")[0] if "://" in url else "file"
     try:
-        fs, fs_path = fsspec.core.url_to_fs(url, **_merged(FAIL_FAST_OPTIONS.get(protocol, {}), options))
+        fs, fs_path = reach(url, options)
         fs.info(fs_path)
     except FileNotFoundError as exc:
         if protocol in ("file", "local"):
             raise DataError(f"{path}: no such file or directory; check data.path (relative paths start at "
                             "the current directory)") from None
-        raise DataError(f"{path}: no such bucket or object ({_scrub(exc, options)}); check data.path") from None
+        raise DataError(f"{path}: no such bucket or object ({scrub(exc, options)}); check data.path") from None
     except Exception as exc:  # bad protocol, missing backend, credentials, endpoint...
-        names = {cls.__name__ for cls in type(exc).__mro__}
-        what, fix = next(((what, fix) for classes, what, fix in ACCESS_ERRORS if names.intersection(classes)),
-                         ("cannot reach the store", "check data.path and data.storage_options"))
-        raise DataError(f"{path}: {what} ({_scrub(exc, options)}); {fix}") from None
+        raise DataError(access_problem(path, exc, options)) from None
+
+
+def reach(url: str, options: Mapping[str, Any]):
+    """The fsspec filesystem and path of ``url``, with the fail-fast settings of its protocol under ``options``."""
+    protocol = url.partition("://")[0] if "://" in url else "file"
+    return fsspec.core.url_to_fs(url, **_merged(FAIL_FAST_OPTIONS.get(protocol, {}), options))
+
+
+def access_problem(path: str, exc: BaseException, options: Mapping[str, Any], *,
+                   key: str = "data.storage_options", path_key: str = "data.path", verb: str = "read") -> str:
+    """One line for an error reaching a store (credentials, endpoint, backend): ``path``, what went wrong
+    and the fix, naming the config keys ``key`` (the options) and ``path_key``; secrets scrubbed."""
+    names = {cls.__name__ for cls in type(exc).__mro__}
+    what, fix = next(((what, fix) for classes, what, fix in ACCESS_ERRORS if names.intersection(classes)),
+                     ("cannot reach the store", "check {path_key} and {options}"))
+    return f"{path}: {what} ({scrub(exc, options)}); {fix.format(options=key, path_key=path_key, verb=verb)}"
 
 
 def redacted(storage_options: Mapping[str, Any]) -> dict[str, Any]:
@@ -259,7 +272,7 @@ def _is_secret(name: str) -> bool:
     return any(marker in str(name).lower() for marker in SECRET_OPTION_MARKERS)
 
 
-def _scrub(exc: BaseException, options: Mapping[str, Any]) -> str:
+def scrub(exc: BaseException, options: Mapping[str, Any]) -> str:
     """``exc`` as one line of text, every credential of ``options`` replaced by ``***``."""
     text = " ".join(f"{type(exc).__name__}: {exc}".split())
     secrets: list[str] = []

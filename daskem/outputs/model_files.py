@@ -10,22 +10,23 @@ A saved model is a directory::
 
 ``load_model(path)`` rebuilds the estimator with ``cls(**params)`` and sets the fitted attributes
 back; with preprocessing it returns a ``PreprocessedModel`` whose methods take raw rows. Every
-array is read with ``np.load(allow_pickle=False)``.
-
-``StagedOutput`` makes a run's output directory appear complete or not at all: everything is
-written into a hidden sibling directory that is renamed into place at the very end.
+array is read with ``np.load(allow_pickle=False)``. Both take a local path or an fsspec URL, with
+``storage_options``; ``load_model`` refuses a run's output that is not marked complete
+(``outputs.locations.check_complete``).
 """
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import os
-from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
+import fsspec
 import numpy as np
 
+from daskem.data.stores import access_problem
 from daskem.errors import DaskemUserError
 from daskem.models.preprocessing import PreprocessedModel, Preprocessing
 from daskem.outputs.records import _jsonable, package_versions, write_json
@@ -48,9 +49,11 @@ def _estimator_classes() -> dict[str, type]:
 # ----------------------------------------------------------------------------- model files
 
 
-def save_model(model, directory: str | os.PathLike, *, metadata: dict[str, Any] | None = None) -> Path:
-    """Write a fitted estimator (or ``PreprocessedModel``) to ``directory`` as .npy files + model.json."""
-    directory = Path(directory)
+def save_model(model, directory: str | os.PathLike, *, metadata: dict[str, Any] | None = None,
+               storage_options: Mapping[str, Any] | None = None) -> str | os.PathLike:
+    """Write a fitted estimator (or ``PreprocessedModel``) to ``directory`` (a path or an fsspec URL,
+    new) as .npy files + model.json, written last."""
+    given, (fs, root) = directory, _filesystem(directory, storage_options)
     preprocessing = None
     estimator = model
     if isinstance(model, PreprocessedModel):
@@ -58,12 +61,15 @@ def save_model(model, directory: str | os.PathLike, *, metadata: dict[str, Any] 
     name = type(estimator).__name__
     if _estimator_classes().get(name) is not type(estimator):
         raise TypeError(f"cannot save a {type(estimator).__qualname__}: only daskem's estimators are supported")
-    directory.mkdir(parents=True, exist_ok=False)
+    if fs.exists(root):
+        raise FileExistsError(f"{directory}: exists; save the model to a new directory")
+    fs.makedirs(root, exist_ok=True)
+    directory = _Files(fs, root, str(directory))
 
     params, array_params = {}, []
     for key, value in estimator.get_params(deep=False).items():
         if isinstance(value, (np.ndarray, list, tuple)):
-            _save_npy(directory / "params" / f"{key}.npy", np.asarray(value))
+            _save_npy(directory, f"params/{key}.npy", np.asarray(value))
             array_params.append(key)
         elif isinstance(value, (np.random.RandomState, np.random.Generator)):
             logger.warning("model parameter %s=%r is saved as null: save an int seed to keep it", key, value)
@@ -76,7 +82,7 @@ def save_model(model, directory: str | os.PathLike, *, metadata: dict[str, Any] 
         if not key.endswith("_") or key.startswith("_"):
             continue
         if isinstance(value, np.ndarray):
-            _save_npy(directory / f"{key}.npy", value)
+            _save_npy(directory, f"{key}.npy", value)
             fitted_arrays.append(key)
         else:
             fitted[key] = _jsonable(value, key)
@@ -84,7 +90,7 @@ def save_model(model, directory: str | os.PathLike, *, metadata: dict[str, Any] 
     prep_json = None
     if preprocessing is not None:
         for key, value in preprocessing.to_arrays().items():
-            _save_npy(directory / "preprocessing" / f"{key}.npy", value)
+            _save_npy(directory, f"preprocessing/{key}.npy", value)
         prep_json = {**preprocessing.to_json(), "arrays": sorted(preprocessing.to_arrays())}
 
     document = {
@@ -99,32 +105,51 @@ def save_model(model, directory: str | os.PathLike, *, metadata: dict[str, Any] 
         "versions": package_versions(),
         **(metadata or {}),
     }
-    write_json(directory / "model.json", document)
-    return directory
+    write_json(directory.path("model.json"), document, fs=fs)
+    return given
 
 
-def load_model(path: str | os.PathLike):
-    """A fitted estimator from a model directory (or a run's output directory holding ``model/``).
+def load_model(path: str | os.PathLike, *, storage_options: Mapping[str, Any] | None = None):
+    """A fitted estimator from a model directory or a run's output; see ``read_model``."""
+    return read_model(path, storage_options)
+
+
+def read_model(path: str | os.PathLike, storage_options: Mapping[str, Any] | None = None, *,
+               options_key: str = "storage_options"):
+    """A fitted estimator from a model directory (or a run's output directory holding ``model/``), a
+    local path or an fsspec URL opened with ``storage_options``.
 
     Returns the estimator itself, or a ``PreprocessedModel`` when the model was fitted on
     preprocessed features: its prediction methods then take raw rows. Every file is checked (valid
     JSON of the expected form, readable ``.npy`` arrays of the expected shapes, finite values): a
-    damaged model is refused with one line naming the file and what is wrong, never half-loaded.
+    damaged model, or a run's output not marked complete, is refused with one line naming the file
+    and what is wrong, never half-loaded; a store that cannot be reached, naming ``options_key``.
     """
-    directory = Path(path)
-    if not (directory / "model.json").is_file() and (directory / "model" / "model.json").is_file():
-        directory = directory / "model"
-    document_path = directory / "model.json"
-    if not document_path.is_file():
+    from daskem.outputs.locations import check_complete
+
+    fs, root = _filesystem(path, storage_options)
+    directory = _Files(fs, root, str(path))
+    try:
+        check_complete(fs, root, directory.shown)
+        if not fs.isfile(directory.path("model.json")) and fs.isfile(directory.path("model/model.json")):
+            directory = directory.child("model")
+        found = fs.isfile(directory.path("model.json"))
+    except DaskemUserError:
+        raise
+    except Exception as exc:  # credentials, endpoint, backend
+        raise DaskemUserError(access_problem(str(path), exc, storage_options or {}, key=options_key,
+                                             path_key="the model's path")) from None
+    if not found:
         raise DaskemUserError(f"{path}: no model.json there; point at a run's output directory or its model/ directory")
-    document = _read_document(document_path)
+    document_path = directory.shown_path("model.json")
+    document = _read_document(directory, "model.json")
     cls = _estimator_classes().get(document["estimator"])
     if cls is None:
         raise DaskemUserError(f"{document_path}: unknown estimator {document['estimator']!r}; "
                               f"known: {', '.join(_estimator_classes())}")
     params = dict(document["params"])
     for key in document["array_params"]:
-        params[key] = _load_npy(directory / "params" / f"{key}.npy")
+        params[key] = _load_npy(directory, f"params/{key}.npy")
     try:
         estimator = cls(**params)
         estimator._validate_params()
@@ -133,19 +158,44 @@ def load_model(path: str | os.PathLike):
     for key, value in document["fitted"].items():
         setattr(estimator, key, value)
     for key in document["fitted_arrays"]:
-        setattr(estimator, key, _load_npy(directory / f"{key}.npy"))
+        setattr(estimator, key, _load_npy(directory, f"{key}.npy"))
     try:
         estimator.check_fitted()
     except ValueError as exc:
-        raise DaskemUserError(f"{directory}: the model is damaged: {exc}; fit it again") from None
+        raise DaskemUserError(f"{directory.shown}: the model is damaged: {exc}; fit it again") from None
     prep = document.get("preprocessing")
     if prep is None:
         return estimator
     try:
-        arrays = {key: _load_npy(directory / "preprocessing" / f"{key}.npy") for key in prep["arrays"]}
+        arrays = {key: _load_npy(directory, f"preprocessing/{key}.npy") for key in prep["arrays"]}
         return PreprocessedModel(estimator, Preprocessing.from_arrays(prep["n_features_in"], arrays))
     except (KeyError, TypeError, ValueError) as exc:
         raise DaskemUserError(f"{document_path}: the preprocessing is damaged ({exc}); fit the model again") from None
+
+
+class _Files:
+    """The files of a model directory on a filesystem: ``path(name)`` for fsspec, ``shown_path(name)``
+    for messages (as the user wrote the directory)."""
+
+    def __init__(self, fs, root: str, shown: str):
+        self.fs, self.root, self.shown = fs, root.rstrip("/"), shown.rstrip("/") or shown
+
+    def path(self, name: str) -> str:
+        return f"{self.root}/{name}"
+
+    def shown_path(self, name: str) -> str:
+        return f"{self.shown}/{name}"
+
+    def child(self, name: str) -> "_Files":
+        return _Files(self.fs, self.path(name), self.shown_path(name))
+
+
+def _filesystem(path: str | os.PathLike, storage_options: Mapping[str, Any] | None):
+    """The fsspec filesystem and path of a model directory (a local path is made absolute)."""
+    text = os.fspath(path)
+    if "://" not in text:
+        text = os.path.abspath(os.path.expanduser(text))
+    return fsspec.core.url_to_fs(text, **dict(storage_options or {}))
 
 
 # The keys of model.json and the JSON type each must have.
@@ -153,10 +203,11 @@ DOCUMENT_KEYS = {"format": str, "format_version": int, "estimator": str, "params
                  "fitted": dict, "fitted_arrays": list}
 
 
-def _read_document(path: Path) -> dict[str, Any]:
+def _read_document(directory: _Files, name: str) -> dict[str, Any]:
     """model.json, checked to be a daskem model document of a format this daskem reads."""
+    path = directory.shown_path(name)
     try:
-        document = json.loads(path.read_text())
+        document = json.loads(directory.fs.cat_file(directory.path(name)).decode())
     except UnicodeDecodeError:
         raise DaskemUserError(f"{path}: not a text file; the model is damaged, fit it again") from None
     except json.JSONDecodeError as exc:
@@ -178,29 +229,21 @@ def _read_document(path: Path) -> dict[str, Any]:
     return document
 
 
-def _save_npy(path: Path, array: np.ndarray) -> None:
+def _save_npy(directory: _Files, name: str, array: np.ndarray) -> None:
     if array.dtype == object:
-        raise TypeError(f"{path.name}: object arrays cannot be saved without pickle")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    np.save(path, array, allow_pickle=False)
+        raise TypeError(f"{name}: object arrays cannot be saved without pickle")
+    buffer = io.BytesIO()
+    np.save(buffer, array, allow_pickle=False)
+    path = directory.path(name)
+    directory.fs.makedirs(directory.fs._parent(path), exist_ok=True)
+    directory.fs.pipe_file(path, buffer.getvalue())
 
 
-def _load_npy(path: Path) -> np.ndarray:
+def _load_npy(directory: _Files, name: str) -> np.ndarray:
+    path = directory.shown_path(name)
     try:
-        return np.load(path, allow_pickle=False)
+        return np.load(io.BytesIO(directory.fs.cat_file(directory.path(name))), allow_pickle=False)
     except FileNotFoundError:
         raise DaskemUserError(f"{path}: missing from the model directory; the model is incomplete") from None
     except (ValueError, OSError, EOFError) as exc:  # a bad header, truncated data, object arrays
         raise DaskemUserError(f"{path}: not a readable .npy array ({exc}); the model is damaged, fit it again") from None
-
-
-
-
-
-
-# ----------------------------------------------------------------------------- predictions
-
-
-
-
-# ----------------------------------------------------------------------------- atomic directory

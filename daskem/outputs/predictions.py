@@ -3,16 +3,17 @@
 On a distributed cluster a failed write pass stops cleanly: when one slab's task fails (a corrupt
 chunk, a full disk) or the client is interrupted, the writes that may be running are waited for and
 the others are made to do nothing before the error reaches the caller, so no worker writes into
-the staging directory that the caller removes next.
+the staging directory (or object-store prefix) that the caller removes next.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 import uuid
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Mapping
 
 import dask.array as da
 import numpy as np
@@ -52,8 +53,10 @@ def write_predictions(
     responsibilities: bool = False,
     log_density: bool = False,
     fan_in: int = DEFAULT_FAN_IN,
+    storage_options: Mapping[str, Any] | None = None,
 ) -> dict[str, dict[str, Any]]:
-    """Write the requested per-row outputs of ``model`` on ``X`` to the Zarr group ``path``.
+    """Write the requested per-row outputs of ``model`` on ``X`` to the Zarr group ``path`` (a local
+    path, or an fsspec URL opened with ``storage_options`` on the client and on every worker).
 
     ``labels`` (int32, N), ``responsibilities`` (float32, N x K), ``log_density`` (float64, N),
     chunked like the rows of ``X``. Each slab's task computes every requested output from one E-step
@@ -69,7 +72,8 @@ def write_predictions(
     if any(size != chunk for size in X.chunks[0][:-1]):
         X = X.rechunk({0: chunk})  # zarr chunks are regular: each slab must be one whole chunk
     n_rows = X.shape[0]
-    group = zarr.open_group(str(path), mode="w-")
+    url = str(path)
+    group = zarr.open_group(url, mode="w-", **({"storage_options": dict(storage_options or {})} if "://" in url else {}))
     targets, written = {}, {}
     for name in wanted:
         dtype, per_component = PREDICTIONS[name]
@@ -110,11 +114,28 @@ def write_slab(slab: np.ndarray, row_start: int, payload: SlabWrite) -> int:
     count (0 when its pass was stopped)."""
     if payload.token in _STOPPED:
         return 0
+    _quiet_unclosed_sessions()
     values = payload.kernel(slab, tuple(name for name, _ in payload.targets))
     stop = row_start + slab.shape[0]
     for name, target in payload.targets:
         target[row_start:stop] = values[name].astype(target.dtype, copy=False)
     return slab.shape[0]
+
+
+class _UnclosedSessions(logging.Filter):
+    """Drops asyncio's "Unclosed client session" lines: the aiohttp sessions of the asynchronous
+    filesystems (s3fs, ...) that Zarr opens to write an object store are never closed by them, and a
+    worker process would print one such line when it exits."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith(("Unclosed client session", "Unclosed connector"))
+
+
+def _quiet_unclosed_sessions() -> None:
+    """Install ``_UnclosedSessions`` on this process's asyncio logger, once."""
+    log = logging.getLogger("asyncio")
+    if not any(isinstance(f, _UnclosedSessions) for f in log.filters):
+        log.addFilter(_UnclosedSessions())
 
 
 def _mark_stopped(token: str) -> None:

@@ -11,6 +11,8 @@ from numbers import Integral, Real
 from pathlib import Path
 from typing import Any
 
+import fsspec
+import fsspec.implementations.local
 import numpy as np
 
 PACKAGES = ("daskem", "numpy", "scipy", "dask", "distributed", "zarr", "dask-ml", "scikit-learn", "pydantic")
@@ -60,10 +62,14 @@ def _jsonable(value: Any, key: str) -> Any:
 
 
 
-def write_json(path: str | os.PathLike, document: dict[str, Any]) -> None:
-    """Write ``document`` as indented JSON, through a temporary file renamed into place."""
+def write_json(path: str | os.PathLike, document: dict[str, Any], *, fs=None) -> None:
+    """Write ``document`` as indented JSON: on a local disk through a temporary file renamed into
+    place, on another fsspec filesystem ``fs`` in one PUT (an object appears whole or not at all)."""
+    text = json.dumps(document, indent=2, default=lambda v: _jsonable(v, os.path.basename(str(path)))) + "\n"
+    if fs is not None and not isinstance(fs, fsspec.implementations.local.LocalFileSystem):
+        fs.pipe_file(str(path), text.encode())
+        return
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(document, indent=2, default=lambda v: _jsonable(v, path.name)) + "\n")
+    tmp.write_text(text)
     os.replace(tmp, path)
-

@@ -54,6 +54,8 @@ PIPELINE_DEFAULTS = {"random_state": 0}
 SELECTION_KIND = "gmm"
 SELECTION_KEYS = ("n_components", "covariance_type")
 LOCAL_PROTOCOLS = ("file", "local")
+# fsspec filesystems that exist inside one process only: the workers cannot write outputs there.
+PROCESS_PROTOCOLS = ("memory",)
 
 
 def _config_keys(kind: str) -> dict[str, str]:
@@ -400,27 +402,54 @@ class PreprocessConfig(_Section):
 class OutputConfig(_Section):
     """What to write, and where."""
 
-    path: str = Field(description="Output directory (local path or file:// URL), created by the run.")
+    path: str = Field(
+        description="Output directory (local path or file:// URL) or object-store prefix (an fsspec URL: "
+        "s3://, gs://, az://, ...), created by the run."
+    )
+    storage_options: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Options passed to fsspec for a URL path (credentials, endpoint, ...), as data.storage_options.",
+    )
     labels: bool = Field(True, description="Write predictions.zarr/labels (int32, one per row).")
     responsibilities: bool = Field(
         False, description="gmm only: write predictions.zarr/responsibilities (float32, rows x components)."
     )
     log_density: bool = Field(False, description="gmm only: write predictions.zarr/log_density (float64, one per row).")
     overwrite: bool = Field(
-        False, description="Replace an existing output directory (only once the new one is complete)."
+        False, description="Replace an existing daskem output (a directory: only once the new one is complete)."
     )
 
     @field_validator("path")
     @classmethod
-    def _local_only(cls, value: str) -> str:
+    def _local_or_shared(cls, value: str) -> str:
         protocol, sep, rest = value.partition("://")
-        if sep and protocol not in LOCAL_PROTOCOLS:
-            raise ValueError(f"{value!r}: outputs are written to a local (or shared) directory; use a path or file://")
-        return rest if sep else value
+        if sep and protocol in LOCAL_PROTOCOLS:
+            return rest
+        if sep and protocol in PROCESS_PROTOCOLS:
+            raise ValueError(f"{value!r}: a {protocol}:// filesystem lives in one process, and the workers write "
+                             "the outputs from theirs; use a local directory or an object store (s3://, gs://, az://)")
+        return value
+
+    @model_validator(mode="after")
+    def _options_for_urls(self) -> "OutputConfig":
+        if self.storage_options and self.is_local:
+            raise ValueError("storage_options are for an fsspec URL path (s3://, gs://, az://, ...); remove them "
+                             f"for the local directory {self.path!r}")
+        return self
+
+    @property
+    def is_local(self) -> bool:
+        """True for a local directory (a path), False for an object-store URL."""
+        return "://" not in self.path
 
     @property
     def local_path(self) -> Path:
         return Path(self.path).expanduser().absolute()
+
+    @property
+    def location(self) -> str:
+        """How the output is named: its absolute local path, or its URL."""
+        return str(self.local_path) if self.is_local else self.path.rstrip("/")
 
 
 class DaskemConfig(_Section):
@@ -431,6 +460,11 @@ class DaskemConfig(_Section):
     cluster: ClusterConfig = Field(default_factory=ClusterConfig, description="The Dask cluster.")
     preprocess: Optional[PreprocessConfig] = Field(None, description="Optional feature transforms.")
     output: OutputConfig = Field(description="Where the model and per-row results go.")
+
+    def stores(self) -> dict[str, tuple[str, dict[str, Any]]]:
+        """Every store the run names, by the config key of its path: (path or URL, its storage options)."""
+        return {"data.path": (self.data.path, self.data.storage_options),
+                "output.path": (self.output.path, self.output.storage_options)}
 
     @model_validator(mode="after")
     def _per_row_outputs_exist_for_kind(self) -> "DaskemConfig":
@@ -449,7 +483,16 @@ class DaskemConfig(_Section):
 class PredictConfig(_Section):
     """``daskem predict``: a saved model applied to another store."""
 
-    model_path: str = Field(description="A run's output directory or its model/ directory.")
+    model_path: str = Field(description="A run's output directory or its model/ directory: a local path or an fsspec URL.")
+    model_storage_options: dict[str, Any] = Field(
+        default_factory=dict, description="Options passed to fsspec for a model_path URL (credentials, endpoint, ...)."
+    )
     data: DataConfig = Field(description="The input Zarr store.")
     cluster: ClusterConfig = Field(default_factory=ClusterConfig, description="The Dask cluster.")
     output: OutputConfig = Field(description="Where the per-row results go.")
+
+    def stores(self) -> dict[str, tuple[str, dict[str, Any]]]:
+        """Every store the prediction names, by the config key of its path: (path or URL, its storage options)."""
+        return {"model_path": (self.model_path, self.model_storage_options),
+                "data.path": (self.data.path, self.data.storage_options),
+                "output.path": (self.output.path, self.output.storage_options)}

@@ -142,7 +142,7 @@ def expand_env(value: Any, where: str = "") -> Any:
             parsed = expanded
         if isinstance(parsed, (int, float, bool)):
             return parsed
-    return FromEnv(expanded) if from_env and ".storage_options" in f".{where}" else expanded
+    return FromEnv(expanded) if from_env and "storage_options." in f"{where}." else expanded
 
 
 
@@ -236,7 +236,7 @@ def is_secret_key(key: Any) -> bool:
 
 
 def secret_values(config) -> frozenset[str]:
-    """The strings of ``config`` (a config with a ``data`` section) never to be written or logged: storage
+    """The strings of ``config`` (a config naming its stores in ``stores()``) never to be written or logged: storage
     options under secret-looking keys or from the environment, and passwords in URLs."""
     found: set[str] = set()
 
@@ -254,8 +254,9 @@ def secret_values(config) -> frozenset[str]:
         elif secret and value is not None and not isinstance(value, bool):
             found.add(str(value))
 
-    walk(dict(config.data.storage_options), False)
-    walk(config.data.path, False)
+    for path, storage_options in config.stores().values():
+        walk(dict(storage_options), False)
+        walk(path, False)
     return frozenset(value for value in found if value)
 
 
@@ -272,7 +273,7 @@ def mask_document(value: Any, secrets: frozenset[str], *, options: bool = False)
     inside a ``storage_options`` mapping, every value under a secret-looking key."""
     if isinstance(value, dict):
         return {key: MASK if options and is_secret_key(key) and item is not None
-                else mask_document(item, secrets, options=options or key == "storage_options")
+                else mask_document(item, secrets, options=options or str(key).endswith("storage_options"))
                 for key, item in value.items()}
     if isinstance(value, (list, tuple)):
         return [mask_document(item, secrets, options=options) for item in value]

@@ -1,7 +1,7 @@
 """Resuming a run: its checkpoint beside the output, the slabs and preprocessing it had, its identity.
 
 ``run`` keeps one checkpoint file per output, ``<output>.checkpoint.npz`` in the output's parent
-directory, for the whole run: the slab plan, the fitted preprocessing, and every pass of the fit
+directory (an object beside the output's prefix in an object store), for the whole run: the slab plan, the fitted preprocessing, and every pass of the fit
 (see ``daskem.engine.checkpoint``). A re-run of the same config (same model, preprocessing and data)
 resumes from it; a run of another config refuses it with one line, or starts afresh with
 ``--restart``. It is removed once the outputs are complete.
@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import logging
 from contextlib import contextmanager
-from pathlib import Path
 from typing import Iterator
 
 from daskem.data.stores import DataSource, open_data
@@ -26,9 +25,10 @@ SLABS_STAGE = "slabs"
 PREPROCESS_STAGE = "preprocess"
 
 
-def checkpoint_path(output: Path) -> Path:
-    """Where the checkpoint of a run to ``output`` lives: beside it, never inside it."""
-    return output.with_name(f"{output.name}.checkpoint.npz")
+def checkpoint_path(output: str) -> str:
+    """Where the checkpoint of a run to ``output`` (a local path or a URL) lives: beside it, never
+    inside it; in an object store, an object beside the output's prefix, written whole."""
+    return f"{output.rstrip('/')}.checkpoint.npz"
 
 
 def run_checkpoint(config, source: DataSource, *, restart: bool = False) -> Checkpoint:
@@ -40,7 +40,8 @@ def run_checkpoint(config, source: DataSource, *, restart: bool = False) -> Chec
         "data": {"path": source.path, "array": source.array, "shape": list(source.shape), "dtype": source.dtype,
                  "store_chunks": list(source.store_chunks)},
     }
-    checkpoint = Checkpoint(str(checkpoint_path(config.output.local_path)), identity, restart=restart)
+    checkpoint = Checkpoint(checkpoint_path(config.output.location), identity, restart=restart,
+                            storage_options=config.output.storage_options)
     if restart and checkpoint.stages():
         checkpoint.remove()
         logger.info("--restart: the checkpoint of the earlier run was removed")

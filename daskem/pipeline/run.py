@@ -4,21 +4,22 @@
 ``validate(config)`` opens the data and checks the config against it without fitting;
 ``predict(config)`` applies a saved model to another store. Everything that can be checked
 without a cluster (config, data and every chunk of it, output directory) is checked before one is
-started; the output directory appears only once complete, and replaces only an earlier daskem
-output, never an input (see ``outputs.StagedOutput``). Secrets of the config are masked in
-run.json, in the logs and in error messages (see ``config_loading.masking_secrets``).
+started; the output (a directory, or an object-store prefix) is marked complete only at the end,
+and replaces only an earlier daskem output, never an input (see ``outputs.locations``). Secrets of
+the config are masked in run.json, in the logs and in error messages (see
+``config_loading.masking_secrets``).
 """
 
 from __future__ import annotations
 
 import errno
 import logging
+import os
 import time
 import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from pathlib import Path
 from typing import Any, Iterator
 
 from daskem.data.checks import check_enough_rows
@@ -26,10 +27,10 @@ from daskem.data.stores import DataSource, check_chunks, open_data, redacted
 from daskem.engine.reduction import DEFAULT_FAN_IN, counting_passes, step
 from daskem.errors import ConfigError, DaskemUserError, DataError, OutputError
 from daskem.models.preprocessing import PreprocessedModel, check_pca_width
-from daskem.outputs.model_files import load_model, save_model
+from daskem.outputs.locations import output_location
+from daskem.outputs.model_files import read_model, save_model
 from daskem.outputs.predictions import prediction_bytes, write_predictions
-from daskem.outputs.records import output_format, package_versions, write_json
-from daskem.outputs.staging import StagedOutput
+from daskem.outputs.records import output_format, package_versions
 from daskem.pipeline.cluster import (
     cluster_summary,
     connect,
@@ -56,9 +57,9 @@ PASS_STEPS = ("init", "em", "scoring", "outputs")
 
 @dataclass(frozen=True)
 class RunResult:
-    """What a run or a prediction produced: the output directory and the contents of run.json."""
+    """What a run or a prediction produced: the output (a local path or a URL) and the contents of run.json."""
 
-    output: Path
+    output: Any
     source: DataSource
     model: Any
     summary: dict[str, Any]
@@ -84,11 +85,17 @@ def validate(config: DaskemConfig) -> DataSource:
     source, _ = open_data(config.data)
     check_config_against_data(config, source)
     check_chunks(config.data)
-    StagedOutput(config.output.local_path, overwrite=config.output.overwrite,
-                 inputs={"data.path": config.data.path}).check()
+    output_of(config).check()
     logger.info("data: %s, %d rows x %d features, %s, %d chunks of up to %d rows", source.name,
                 *source.shape, source.dtype, len(source.row_chunks), max(source.row_chunks))
     return source
+
+
+def output_of(config):
+    """The output location of a run or prediction config, which must leave its inputs alone."""
+    inputs = {key: path for key, (path, _) in config.stores().items() if key != "output.path"}
+    return output_location(config.output.location, config.output.storage_options,
+                           overwrite=config.output.overwrite, inputs=inputs)
 
 
 def build_estimator(model):
@@ -134,9 +141,8 @@ def run(config: DaskemConfig, *, progress: bool = True, restart: bool = False) -
     source, X = open_data(config.data)
     check_config_against_data(config, source)
     check_chunks(config.data)
-    staged = StagedOutput(config.output.local_path, overwrite=config.output.overwrite,
-                          inputs={"data.path": config.data.path})
-    staged.check()
+    location = output_of(config)
+    location.check()
     secrets = secret_values(config)
     logger.info("data: %s, %d rows x %d features, %s, %d chunks of up to %d rows", source.name,
                 *source.shape, source.dtype, len(source.row_chunks), max(source.row_chunks))
@@ -150,13 +156,11 @@ def run(config: DaskemConfig, *, progress: bool = True, restart: bool = False) -
         model, estimator, prep, candidates = _fit_configured(config, X, source, checkpoint, client, timings)
 
         t = time.perf_counter()
-        logger.info("writing the model and predictions to %s", config.output.local_path)
-        with staged as tmp, step("outputs"), \
-                disk_full_named(config.output.local_path, X.shape[0], model, config.output):
-            save_model(model, tmp / "model", metadata={"data": mask_document(source.to_json(), secrets)})
-            written = write_predictions(model, X, tmp / "predictions.zarr", labels=config.output.labels,
-                                        responsibilities=config.output.responsibilities,
-                                        log_density=config.output.log_density)
+        logger.info("writing the model and predictions to %s", location.url)
+        with location as out, step("outputs"), disk_full_named(location.url, X.shape[0], model, config.output):
+            save_model(model, out.join("model"), metadata={"data": mask_document(source.to_json(), secrets)},
+                       storage_options=out.storage_options)
+            written = write_per_row(model, X, out, config.output)
             timings["outputs"] = time.perf_counter() - t
             timings["total"] = time.perf_counter() - t0
             summary = {**output_format(), **mask_document({  # the format tag is never masked: readers need it
@@ -169,8 +173,7 @@ def run(config: DaskemConfig, *, progress: bool = True, restart: bool = False) -
                 "timings": {k: round(v, 3) for k, v in timings.items()},
                 "passes": {**{name: passes.get(name, 0) for name in PASS_STEPS}, "total": sum(passes.values())},
             }, secrets)}
-            write_json(tmp / "run.json", summary)
-            final = staged.commit()
+            final = location.commit(summary)
     checkpoint.remove()
     logger.info("passes over the data: %s", ", ".join(f"{k} {v}" for k, v in summary["passes"].items()))
     logger.info("done in %.1f s: %s (n_iter %d, converged %s)", timings["total"], final,
@@ -204,8 +207,15 @@ def _fit_configured(config, X, source, checkpoint, client, timings: dict[str, fl
     return (estimator if prep is None else PreprocessedModel(estimator, prep)), estimator, prep, candidates
 
 
+def write_per_row(model, X, out, outputs) -> dict[str, Any]:
+    """The per-row outputs that ``outputs`` (an ``OutputConfig``) asks for, written by the workers under ``out``."""
+    return write_predictions(model, X, out.join("predictions.zarr"), labels=outputs.labels,
+                             responsibilities=outputs.responsibilities, log_density=outputs.log_density,
+                             storage_options=out.storage_options)
+
+
 @contextmanager
-def disk_full_named(output: Path, n_rows: int, model, outputs) -> Iterator[None]:
+def disk_full_named(output: str, n_rows: int, model, outputs) -> Iterator[None]:
     """A full disk while writing outputs becomes one line: the path, the bytes the outputs need, the fix."""
     try:
         yield
@@ -223,7 +233,7 @@ def disk_full_named(output: Path, n_rows: int, model, outputs) -> Iterator[None]
 def predict(config: PredictConfig, *, progress: bool = True) -> RunResult:
     """Apply the saved model at ``config.model_path`` to ``config.data``; write predictions.zarr and run.json."""
     started_at, t0 = _now(), time.perf_counter()
-    model = load_model(config.model_path)
+    model = read_model(config.model_path, config.model_storage_options, options_key="model_storage_options")
     estimator = getattr(model, "estimator", model)
     source, X = open_data(config.data)
     check_chunks(config.data)
@@ -235,25 +245,21 @@ def predict(config: PredictConfig, *, progress: bool = True) -> RunResult:
             raise ConfigError(
                 f"output.{key} needs a gmm model, but {config.model_path} holds a {type(estimator).__name__}"
             )
-    staged = StagedOutput(config.output.local_path, overwrite=config.output.overwrite,
-                          inputs={"data.path": config.data.path, "model_path": config.model_path})
-    staged.check()
+    location = output_of(config)
+    location.check()
     with connect(config.cluster) as client, ProgressBars(client, enabled=progress), \
             watched(client, config.cluster.timeout, memory_hint=memory_hint(config)):
         cluster = cluster_summary(client, config.cluster.embedded)
         X = fit_slabs_to_workers(config.data, X, source, cluster)
-        with staged as tmp, disk_full_named(config.output.local_path, X.shape[0], model, config.output):
-            written = write_predictions(model, X, tmp / "predictions.zarr", labels=config.output.labels,
-                                        responsibilities=config.output.responsibilities,
-                                        log_density=config.output.log_density)
+        with location as out, disk_full_named(location.url, X.shape[0], model, config.output):
+            written = write_per_row(model, X, out, config.output)
             summary = {**output_format(), **mask_document({
                 **run_record("predict", config, started_at, source, X, cluster),
-                "model_path": str(Path(config.model_path).absolute()),
+                "model_path": config.model_path if "://" in config.model_path else os.path.abspath(config.model_path),
                 "outputs": {"predictions": "predictions.zarr" if written else None, "arrays": written},
                 "timings": {"total": round(time.perf_counter() - t0, 3)},
             }, secret_values(config))}
-            write_json(tmp / "run.json", summary)
-            final = staged.commit()
+            final = location.commit(summary)
     logger.info("predictions of %s written to %s", source.name, final)
     return RunResult(final, source, model, summary)
 
