@@ -29,6 +29,7 @@ from daskem.models.preprocessing import PreprocessedModel, check_pca_width
 from daskem.outputs.model_files import load_model, save_model
 from daskem.outputs.predictions import prediction_bytes, write_predictions
 from daskem.outputs.records import output_format, package_versions, write_json
+from daskem.outputs.report import REPORT_DIR, report_sample, write_report
 from daskem.outputs.staging import StagedOutput
 from daskem.pipeline.cluster import (
     cluster_summary,
@@ -51,7 +52,7 @@ from daskem.pipeline.watchdog import watched
 logger = logging.getLogger("daskem")
 
 # The steps whose passes over the data run.json counts (see ``daskem.engine.reduction.step``).
-PASS_STEPS = ("init", "em", "scoring", "outputs")
+PASS_STEPS = ("init", "em", "scoring", "outliers", "outputs", "report")
 
 
 @dataclass(frozen=True)
@@ -151,12 +152,17 @@ def run(config: DaskemConfig, *, progress: bool = True, restart: bool = False) -
 
         t = time.perf_counter()
         logger.info("writing the model and predictions to %s", config.output.local_path)
-        with staged as tmp, step("outputs"), \
-                disk_full_named(config.output.local_path, X.shape[0], model, config.output):
+        with staged as tmp, disk_full_named(config.output.local_path, X.shape[0], model, config.output):
+            set_outliers(model, X, config.output.outliers)
             save_model(model, tmp / "model", metadata={"data": mask_document(source.to_json(), secrets)})
-            written = write_predictions(model, X, tmp / "predictions.zarr", labels=config.output.labels,
-                                        responsibilities=config.output.responsibilities,
-                                        log_density=config.output.log_density)
+            with step("outputs"):
+                written = write_predictions(model, X, tmp / "predictions.zarr", labels=config.output.labels,
+                                            responsibilities=config.output.responsibilities,
+                                            log_density=config.output.log_density or config.output.outliers is not None,
+                                            outlier=config.output.outliers is not None)
+            if config.output.report:
+                with step("report"):
+                    sample = report_sample(model, X, seed=config.model.random_state or 0, fan_in=config.model.fan_in)
             timings["outputs"] = time.perf_counter() - t
             timings["total"] = time.perf_counter() - t0
             summary = mask_document({
@@ -165,11 +171,14 @@ def run(config: DaskemConfig, *, progress: bool = True, restart: bool = False) -
                 "preprocessing": prep.to_json() if prep is not None else None,
                 **fit_summary(estimator),
                 "candidates": candidates,
+                "outliers": outlier_record(model, written),
                 "outputs": {"model": "model", "predictions": "predictions.zarr" if written else None,
-                            "arrays": written},
+                            "arrays": written, "report": f"{REPORT_DIR}/index.html" if config.output.report else None},
                 "timings": {k: round(v, 3) for k, v in timings.items()},
                 "passes": {**{name: passes.get(name, 0) for name in PASS_STEPS}, "total": sum(passes.values())},
             }, secrets)
+            if config.output.report:
+                write_report(tmp / REPORT_DIR, summary, model, sample)
             write_json(tmp / "run.json", summary)
             final = staged.commit()
     checkpoint.remove()
@@ -231,7 +240,7 @@ def predict(config: PredictConfig, *, progress: bool = True) -> RunResult:
     if source.shape[1] != model.n_features_in_:
         raise DataError(f"{source.name}: has {source.shape[1]} features, but the model was fitted on "
                         f"{model.n_features_in_}; predict on data with the same columns")
-    for key in ("responsibilities", "log_density"):
+    for key in ("responsibilities", "log_density", "outliers"):
         if getattr(config.output, key) and not hasattr(estimator, "predict_proba"):
             raise ConfigError(
                 f"output.{key} needs a gmm model, but {config.model_path} holds a {type(estimator).__name__}"
@@ -244,13 +253,16 @@ def predict(config: PredictConfig, *, progress: bool = True) -> RunResult:
         cluster = cluster_summary(client, config.cluster.embedded)
         X = fit_slabs_to_workers(config.data, X, source, cluster)
         with staged as tmp, disk_full_named(config.output.local_path, X.shape[0], model, config.output):
+            set_outliers(model, X, config.output.outliers)
             written = write_predictions(model, X, tmp / "predictions.zarr", labels=config.output.labels,
                                         responsibilities=config.output.responsibilities,
-                                        log_density=config.output.log_density)
+                                        log_density=config.output.log_density or config.output.outliers is not None,
+                                        outlier=config.output.outliers is not None)
             summary = mask_document({
                 **output_format(),
                 **run_record("predict", config, started_at, source, X, cluster),
                 "model_path": str(Path(config.model_path).absolute()),
+                "outliers": outlier_record(model, written),
                 "outputs": {"predictions": "predictions.zarr" if written else None, "arrays": written},
                 "timings": {"total": round(time.perf_counter() - t0, 3)},
             }, secret_values(config))
@@ -258,6 +270,29 @@ def predict(config: PredictConfig, *, progress: bool = True) -> RunResult:
             final = staged.commit()
     logger.info("predictions of %s written to %s", source.name, final)
     return RunResult(final, source, model, summary)
+
+
+def set_outliers(model, X, rule) -> None:
+    """Set the model's outlier threshold by ``output.outliers`` (its passes counted as step outliers):
+    a contamination of ``X``'s rows or a log-density; left out (predict), the threshold saved with the model."""
+    if rule is None:
+        return
+    if rule.given:
+        with step("outliers"):
+            model.set_outlier_threshold(X, contamination=rule.contamination, threshold=rule.threshold)
+    elif getattr(model, "offset_", None) is None:
+        raise ConfigError("outliers: the model has no saved outlier threshold (its run had no output.outliers); "
+                          "give --contamination or --outlier-threshold")
+    logger.info("outliers: rows with a log-density below %.6g are flagged", model.offset_)
+
+
+def outlier_record(model, written: dict) -> dict[str, Any] | None:
+    """run.json's ``outliers``: the threshold, the contamination it was set for, the rows flagged."""
+    if "outlier" not in written:
+        return None
+    count, rows = written["outlier"]["true"], written["outlier"]["shape"][0]
+    return {"threshold": model.offset_, "contamination": model.contamination_, "count": count, "rows": rows,
+            "fraction": count / rows if rows else 0.0}
 
 
 def memory_hint(config) -> str:

@@ -182,6 +182,12 @@ class CovarianceType(ABC):
             rows[chosen] = means[k] + self._scale_normals(normals[chosen], per_component[k])
         return rows
 
+    def full_covariances(self, covariances: np.ndarray, n_components: int, n_features: int) -> np.ndarray:
+        """(K, D, D): every component's covariance as a full matrix (for plots and reports)."""
+        per_component = self._expand(np.asarray(covariances, dtype=np.float64), n_components, n_features)
+        factors = [self._scale_normals(np.eye(n_features), per_component[k]) for k in range(n_components)]  # L^T
+        return np.stack([factor.T @ factor for factor in factors])
+
     def check_precisions(self, precisions: np.ndarray, n_components: int, n_features: int) -> np.ndarray:
         """Validate a user's ``precisions_init`` (shape, finite, symmetric, positive); return float64."""
         return self._check_parameter(precisions, n_components, n_features, "precisions_init", "precision")
