@@ -44,7 +44,7 @@ def config_for(store, output, **model):
         "data": {"path": str(store), "array": "X"},
         "model": {"kind": "gmm", "n_components": K, "max_iter": 15, "random_state": 0, **model},
         "cluster": {"n_workers": 1, "threads_per_worker": 2, "memory_limit": "1GiB", "dashboard": False},
-        "output": {"path": str(output)},
+        "output": {"path": str(output), "report": False},
     }
 
 
