@@ -46,7 +46,7 @@ def test_contamination_threshold_is_the_exact_rank_whatever_the_chunking(fitted,
     assert model.offset_ == np.sort(scores)[rank]
     flagged = np.count_nonzero(scores < model.offset_)
     assert abs(flagged - contamination * len(X)) <= 0.001 * contamination * len(X) + 0.5
-    assert sum(passes.values()) == 3  # range, one histogram, the bracketing bin
+    assert sum(passes.values()) == 2  # one histogram, then the bracketing bin
 
 
 def test_a_crowded_bin_is_split_by_more_histogram_passes(fitted, monkeypatch):
@@ -56,7 +56,26 @@ def test_a_crowded_bin_is_split_by_more_histogram_passes(fitted, monkeypatch):
     with counting_passes() as passes:
         model.set_outlier_threshold(da.from_array(X, chunks=(5_000, D)), contamination=0.3)
     assert model.offset_ == np.sort(model.score_samples(X))[round(0.3 * len(X))]
-    assert sum(passes.values()) > 3
+    assert sum(passes.values()) > 2
+
+
+def test_a_rank_below_the_first_histogram_is_found_from_the_range(fitted, monkeypatch):
+    model, X, _ = fitted
+    monkeypatch.setattr(outliers, "SPAN", 2.0)  # the first bins cover only 2 nats below the bound
+    with counting_passes() as passes:
+        model.set_outlier_threshold(da.from_array(X, chunks=(5_000, D)), contamination=0.05)
+    assert model.offset_ == np.sort(model.score_samples(X))[round(0.05 * len(X))]
+    assert sum(passes.values()) >= 4  # histogram, range, histogram(s), the bracketing bin
+
+
+def test_the_log_density_bound_holds_for_every_covariance_type():
+    from daskem.kernels.covariance import COVARIANCE_TYPES
+
+    X, _ = planted_data(1)
+    for covariance_type in COVARIANCE_TYPES:
+        model = GaussianMixture(2, covariance_type=covariance_type, random_state=0, max_iter=5).fit(X[::10])
+        peaks = model.score_samples(model.means_)
+        assert peaks.max() <= model._log_density_bound() < peaks.max() + np.log(2) + 1e-9, covariance_type
 
 
 def test_planted_outliers_are_found_at_the_matching_contamination(fitted):

@@ -83,7 +83,7 @@ def test_run_flags_the_planted_outliers_and_records_the_threshold(run):
     outliers = summary["outliers"]
     assert outliers["contamination"] == CONTAMINATION and outliers["rows"] == len(X)
     assert abs(outliers["count"] - CONTAMINATION * len(X)) <= 0.001 * CONTAMINATION * len(X) + 0.5
-    assert summary["passes"]["outliers"] == 3 and summary["passes"]["report"] == 1
+    assert summary["passes"]["outliers"] == 2 and summary["passes"]["report"] == 1
     flags = zarr.open_array(str(folder / "out" / "predictions.zarr"), path="outlier")[:]
     assert flags.dtype == bool and np.count_nonzero(flags) == outliers["count"]
     assert np.count_nonzero(flags & is_planted) >= 0.95 * N_PLANTED

@@ -7,6 +7,7 @@ from functools import partial
 from numbers import Integral, Real
 
 import numpy as np
+from scipy.special import logsumexp
 from sklearn.base import BaseEstimator, DensityMixin
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.utils._param_validation import Interval
@@ -238,10 +239,19 @@ class GaussianMixture(DensityMixin, BaseEstimator):
                 raise ValueError("contamination needs X, the rows of which that fraction is flagged")
             X = as_row_blocks(X)
             check_features(X, self.n_features_in_)
-            threshold = contamination_threshold(X, self.row_kernel(), float(contamination), fan_in=self.fan_in)
+            threshold = contamination_threshold(X, self.row_kernel(), float(contamination),
+                                                upper=self._log_density_bound(), fan_in=self.fan_in)
         self.offset_ = float(threshold)
         self.contamination_ = None if contamination is None else float(contamination)
         return self
+
+    def _log_density_bound(self) -> float:
+        """An upper bound of the log-density: ``log sum_k w_k N(mu_k; mu_k, Sigma_k)``, the mixture's
+        density if every component peaked at the same point."""
+        params = self._fitted()
+        d = self.n_features_in_
+        peaks = np.log(params.weights) + self._family().covariance.log_det_cholesky(params.precisions_cholesky, d)
+        return float(logsumexp(peaks) - 0.5 * d * np.log(2 * np.pi))
 
     def decision_function(self, X):
         """``score_samples(X) - offset_``: negative for outliers, as in scikit-learn's outlier detectors."""

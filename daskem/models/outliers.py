@@ -2,11 +2,12 @@
 
 A threshold is given as a log-density, or as a ``contamination``: the fraction of rows to flag.
 The quantile behind a contamination is found out of core, exactly, with nothing growing with N
-on the client: one pass for the range of the log-densities, histogram passes (``BINS`` bins)
-that narrow a window of values down to the bin holding the wanted rank, and one pass that
-gathers the at most ``GATHER_LIMIT`` values of that last bin and picks the rank among them.
-On continuous data that is three passes, and exactly ``round(contamination * N)`` rows fall
-below the threshold (ties aside).
+on the client. A mixture's log-density is bounded above (by ``log sum_k w_k N(mu_k; mu_k,
+Sigma_k)``), so a first histogram pass needs no range: ``BINS`` bins log-spaced below the bound,
+fine near it and coarse in the far tail. Further histogram passes (linear bins) narrow the bin
+holding the wanted rank while it holds more than ``GATHER_LIMIT`` rows, and one pass gathers the
+values of that bin and picks the rank among them. That is usually two passes, and exactly
+``round(contamination * N)`` rows fall below the threshold (ties aside).
 
 Conventions are scikit-learn's outlier detectors' (``IsolationForest``, ``EllipticEnvelope``):
 ``offset_`` is the threshold on ``score_samples``, ``decision_function = score_samples -
@@ -31,6 +32,8 @@ CONTAMINATION_MAX = 0.5
 # Bins of each histogram pass, and the most values a last pass may gather to the client.
 BINS = 4096
 GATHER_LIMIT = 1 << 16
+# The first histogram's bins span this many nats below the bound of the log-densities.
+SPAN = 1e12
 
 
 def check_outlier_rule(contamination: float | None, threshold: float | None) -> None:
@@ -96,36 +99,46 @@ def _concatenate(parts: list[np.ndarray]) -> np.ndarray:
     return np.concatenate(parts)
 
 
-def log_density_at_rank(X, kernel, rank: int, *, fan_in: int = DEFAULT_FAN_IN) -> float:
+def _first_edges(upper: float) -> np.ndarray:
+    """Bin edges of the first histogram: log-spaced below ``upper`` (a bound of every log-density),
+    from ``SPAN`` nats below it, fine where the typical rows lie and coarse in the far tail."""
+    top = upper + 1e-9 * max(1.0, abs(upper))  # above every row, rounding included
+    return top - np.expm1(np.linspace(np.log1p(SPAN), 0.0, BINS + 1))
+
+
+def log_density_at_rank(X, kernel, rank: int, *, upper: float, fan_in: int = DEFAULT_FAN_IN) -> float:
     """The log-density of rank ``rank`` (0 = the lowest) among the rows of the Dask array ``X``,
-    under the row kernel ``kernel``; exact, in a few passes (see the module doc)."""
+    under the row kernel ``kernel`` whose log-densities are at most ``upper``; exact, in two passes
+    when the bin holding the rank is small (see the module doc)."""
     name = new_run_id("outliers")
-    low, high = map_reduce(X, _range_slab, kernel, name=f"{name}-range", combine=_range_combine, fan_in=fan_in)
-    low, high = float(low), float(np.nextafter(high, np.inf))  # the window is [low, high)
-    below, passes = 0, 1
+    edges, below, passes = _first_edges(upper), 0, 0
     while True:
-        edges = np.unique(np.linspace(low, high, BINS + 1))
-        edges[-1] = high
-        if len(edges) < 3:  # the window holds one or two neighbouring floats: no bin narrows it
-            break
         counts = map_reduce(X, _histogram_slab, _Window(kernel, edges), name=f"{name}-histogram{passes}",
                             combine=sum, fan_in=fan_in)
         passes += 1
-        cumulative = below + np.cumsum(counts[1:])  # rows below the end of each bin
-        j = int(np.searchsorted(cumulative, rank, side="right"))  # the bin holding the rank
-        low, high = float(edges[j]), float(edges[j + 1])
-        below = int(cumulative[j - 1]) if j else below
-        if counts[j + 1] <= GATHER_LIMIT:
+        if rank < counts[0]:  # first pass only: the rank lies SPAN nats below the bound, far from every component
+            low = map_reduce(X, _range_slab, kernel, name=f"{name}-range", combine=_range_combine, fan_in=fan_in)[0]
+            passes += 1
+            window = (float(low), float(edges[0]))
+        else:
+            cumulative = counts[0] + np.cumsum(counts[1:])  # rows below the end of each bin
+            j = min(int(np.searchsorted(cumulative, rank, side="right")), len(cumulative) - 1)  # the rank's bin
+            window, below = (float(edges[j]), float(edges[j + 1])), int(cumulative[j - 1]) if j else int(counts[0])
+            if counts[j + 1] <= GATHER_LIMIT:
+                break
+        edges = np.unique(np.linspace(*window, BINS + 1))
+        edges[-1] = window[1]
+        if len(edges) < 3:  # the window holds one or two neighbouring floats: no bin narrows it
             break
-    values = np.sort(map_reduce(X, _gather_slab, _Window(kernel, np.array([low, high])), name=f"{name}-gather",
+    values = np.sort(map_reduce(X, _gather_slab, _Window(kernel, np.array(window)), name=f"{name}-gather",
                                 combine=_concatenate, fan_in=fan_in))
     passes += 1
     logger.info("outliers: the log-density of rank %d of %d found in %d passes", rank, X.shape[0], passes)
-    return float(values[min(rank - below, len(values) - 1)]) if len(values) else low
+    return float(values[min(rank - below, len(values) - 1)]) if len(values) else window[0]
 
 
-def contamination_threshold(X, kernel, contamination: float, *, fan_in: int = DEFAULT_FAN_IN) -> float:
+def contamination_threshold(X, kernel, contamination: float, *, upper: float, fan_in: int = DEFAULT_FAN_IN) -> float:
     """The log-density below which ``round(contamination * N)`` rows of ``X`` lie: the value of that
-    rank (rows strictly below it are flagged)."""
+    rank (rows strictly below it are flagged); ``upper`` bounds every log-density."""
     rank = min(int(round(contamination * X.shape[0])), X.shape[0] - 1)
-    return log_density_at_rank(X, kernel, rank, fan_in=fan_in)
+    return log_density_at_rank(X, kernel, rank, upper=upper, fan_in=fan_in)
