@@ -94,24 +94,26 @@ def clusters_figure(path: Path, rows: np.ndarray, labels: np.ndarray, means: np.
     colours = plt.get_cmap("tab10" if len(means) <= 10 else "tab20")
     fig, ax = plt.subplots(figsize=(SIZE[0], SIZE[1] * 1.25))
     for k in range(len(means)):
-        colour = colours(k % colours.N)
         mine = labels == k
-        label = f"component {k}" if k < LEGEND_MAX else None
-        ax.scatter(projected[mine, 0], projected[mine, 1], s=4, alpha=0.4, color=colour, label=label,
-                   rasterized=True)
-        ax.plot(*centres[k], marker="X", markersize=9, color="black", markeredgecolor="white")
-        if covariances is not None:
-            values, vectors = np.linalg.eigh(axes.T @ covariances[k] @ axes)
-            values = np.clip(values, 0.0, None)
-            angle = np.degrees(np.arctan2(vectors[1, 1], vectors[0, 1]))
-            ax.add_patch(Ellipse(centres[k], 4 * np.sqrt(values[1]), 4 * np.sqrt(values[0]), angle=angle,
-                                 fill=False, color=colour, linewidth=2))
+        ax.scatter(projected[mine, 0], projected[mine, 1], s=4, alpha=0.4, color=colours(k % colours.N),
+                   label=f"component {k}" if k < LEGEND_MAX else None, rasterized=True)
+    ax.plot(centres[:, 0], centres[:, 1], marker="X", markersize=9, color="black", markeredgecolor="white",
+            linestyle="none", zorder=4, label="component mean")
+    for k in range(len(means) if covariances is not None else 0):
+        values, vectors = np.linalg.eigh(axes.T @ covariances[k] @ axes)
+        values = np.clip(values, 0.0, None)
+        angle = np.degrees(np.arctan2(vectors[1, 1], vectors[0, 1]))
+        ax.add_patch(Ellipse(centres[k], 4 * np.sqrt(values[1]), 4 * np.sqrt(values[0]), angle=angle, fill=False,
+                             edgecolor="black", linestyle="--", linewidth=1.5, zorder=3,
+                             label="2-sigma ellipse" if k == 0 else None))
     what = "with each component's 2-sigma ellipse" if covariances is not None else "with each cluster's centre"
     ax.set_title(f"Clusters of {len(rows):,} sampled rows on the first two principal components\n{what}")
     ax.set_xlabel("principal component 1 (feature units)")
     ax.set_ylabel("principal component 2 (feature units)")
     ax.set_aspect("equal", adjustable="datalim")
-    ax.legend(title="most probable component", fontsize="small", markerscale=3, loc="best")
+    legend = ax.legend(title="most probable component", fontsize="small", loc="best")
+    for handle in legend.legend_handles[: min(len(means), LEGEND_MAX)]:
+        handle.set_sizes([30])  # the scatter's dots, readable in the legend
     ax.grid(alpha=0.3)
     _save(fig, path)
 

@@ -141,6 +141,10 @@ def _summary_rows(summary: dict) -> list[tuple[str, str]]:
         ("passes over the data", json.dumps(summary.get("passes"))),
         ("timings (s)", json.dumps(summary.get("timings"))),
     ]
+    if summary.get("candidates"):
+        best = summary["candidates"][0]
+        rows.insert(4, ("chosen model", f"{best['n_components']} components, {best['covariance_type']} covariances, "
+                                        f"restart {best['restart']} (of {len(summary['candidates'])} candidates)"))
     outliers = summary.get("outliers")
     if outliers:
         rows.append(("outliers", f"{outliers['count']:,} of {outliers['rows']:,} rows below log-density "
