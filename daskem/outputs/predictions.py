@@ -39,8 +39,9 @@ PREDICTIONS = {
 def prediction_bytes(n_rows: int, n_components: int | None, outputs) -> int:
     """About how many bytes the per-row outputs that ``outputs`` (an ``OutputConfig``) asks for take."""
     total = 0
+    flagging = getattr(outputs, "outliers", None) is not None  # writes outlier and log_density
     for name, (dtype, per_component) in PREDICTIONS.items():
-        if getattr(outputs, name, False):
+        if getattr(outputs, name, False) or (flagging and name in ("outlier", "log_density")):
             total += n_rows * np.dtype(dtype).itemsize * ((n_components or 1) if per_component else 1)
     return total
 
