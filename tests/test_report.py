@@ -118,11 +118,11 @@ def test_report_command_draws_the_report_again(run, in_process):
 
 
 @pytest.mark.cluster
-def test_predict_with_the_saved_model_flags_new_rows_by_its_threshold(run, run_cli_module):
+def test_predict_with_the_saved_model_flags_new_rows_by_its_threshold(run, in_process):
     folder, _, _ = run
     new, is_planted = planted(1)
-    done = run_cli_module("predict", folder / "out", store(folder / "new.zarr", new), "-o", folder / "pred",
-                          "--outliers", "--n-workers", 1, "--no-progress", cwd=folder)
+    done = in_process("predict", folder / "out", store(folder / "new.zarr", new), "-o", folder / "pred",
+                      "--outliers", "--n-workers", 1, "--no-progress")
     assert done.returncode == 0, done.stderr
     model = load_model(folder / "out")
     flags = zarr.open_array(str(folder / "pred" / "predictions.zarr"), path="outlier")[:]
