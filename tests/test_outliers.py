@@ -152,3 +152,21 @@ def test_config_refuses_bad_outlier_rules_in_one_line(model, outliers_rule, mess
     with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")) as caught:
         parse_config({**BASE, "model": model, "output": {"path": "out", "outliers": outliers_rule}})
     assert "\n" not in str(caught.value)
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--outliers"], "has no saved outlier threshold (its run had no output.outliers); give --contamination"),
+    (["--outliers", "--contamination", "0.1"], "--outliers and --contamination each choose the outlier threshold"),
+    (["--contamination", "0.6"], "output.outliers.contamination"),
+], ids=["no-saved-threshold", "two-rules", "bad-contamination"])
+def test_predict_refuses_an_outlier_rule_it_cannot_follow_before_any_cluster(fitted, tmp_path, in_process, flags,
+                                                                             message):
+    import zarr
+
+    model, X, _ = fitted
+    bare = GaussianMixture(2, random_state=0).fit(X[:2000])
+    save_model(bare, tmp_path / "model")
+    zarr.create_array(str(tmp_path / "data.zarr"), data=X[:1000], chunks=(500, D))
+    done = in_process("predict", tmp_path / "model", tmp_path / "data.zarr", "-o", tmp_path / "pred", *flags)
+    assert done.returncode == 2 and done.stderr.startswith("error: ") and done.stderr.count("\n") == 1, done.stderr
+    assert message in done.stderr and not (tmp_path / "pred").exists()

@@ -245,6 +245,10 @@ def predict(config: PredictConfig, *, progress: bool = True) -> RunResult:
             raise ConfigError(
                 f"output.{key} needs a gmm model, but {config.model_path} holds a {type(estimator).__name__}"
             )
+    rule = config.output.outliers
+    if rule is not None and not rule.given and getattr(estimator, "offset_", None) is None:
+        raise ConfigError(f"--outliers: {config.model_path} has no saved outlier threshold (its run had no "
+                          "output.outliers); give --contamination or --outlier-threshold instead")
     staged = StagedOutput(config.output.local_path, overwrite=config.output.overwrite,
                           inputs={"data.path": config.data.path, "model_path": config.model_path})
     staged.check()
@@ -280,9 +284,6 @@ def set_outliers(model, X, rule) -> None:
     if rule.given:
         with step("outliers"):
             model.set_outlier_threshold(X, contamination=rule.contamination, threshold=rule.threshold)
-    elif getattr(model, "offset_", None) is None:
-        raise ConfigError("outliers: the model has no saved outlier threshold (its run had no output.outliers); "
-                          "give --contamination or --outlier-threshold")
     logger.info("outliers: rows with a log-density below %.6g are flagged", model.offset_)
 
 
