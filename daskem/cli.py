@@ -1,4 +1,4 @@
-"""``daskem`` / ``python -m daskem``: run | validate | predict | make-data.
+"""``daskem`` / ``python -m daskem``: run | validate | predict | sample | report | make-data.
 
 The command line only parses arguments and calls ``daskem.pipeline.run`` (or ``daskem.data.synthetic``).
 Exit status: 0 on success; 2 for a bad config, bad data or an output in the way, printed as one
@@ -106,15 +106,27 @@ def build_parser() -> argparse.ArgumentParser:
     pred.add_argument("--responsibilities", action="store_true", help="write responsibilities (gmm)")
     pred.add_argument("--log-density", action="store_true", help="write log_density (gmm)")
     pred.add_argument("--overwrite", action="store_true", help="replace an existing output directory")
-    pred.add_argument("--address", help="scheduler address (tcp://host:port, tls://host:port); default: an embedded cluster")
-    pred.add_argument("--scheduler-file", help="JSON file a running scheduler wrote its address to (instead of --address)")
-    pred.add_argument("--tls-ca-file", help="tls:// scheduler: PEM file of the CA that signed its certificate")
-    pred.add_argument("--tls-cert", help="tls:// scheduler: PEM file of this client's certificate")
-    pred.add_argument("--tls-key", help="tls:// scheduler: PEM file of this client's private key (unless in --tls-cert)")
-    pred.add_argument("--n-workers", type=int, default=2, help="embedded cluster: worker processes (default 2)")
-    pred.add_argument("--threads-per-worker", type=int, default=1, help="embedded cluster: threads per worker")
-    pred.add_argument("--memory-limit", default="4GiB", help="embedded cluster: memory per worker (default 4GiB)")
-    pred.add_argument("--no-progress", action="store_true", help="no progress bars over chunks")
+    pred.add_argument("--outliers", action="store_true",
+                      help="write outlier (bool) and log_density, flagged by the threshold saved with the model")
+    pred.add_argument("--contamination", type=float,
+                      help="write outlier and log_density, flagging this fraction of the new rows (instead of --outliers)")
+    pred.add_argument("--outlier-threshold", type=float,
+                      help="write outlier and log_density, flagging rows below this log-density (instead of --outliers)")
+    cluster_arguments(pred)
+
+    draw = command("sample", "Draw rows from a saved Gaussian mixture into a Zarr group (X, component), chunk by "
+                   "chunk on the workers.", _sample)
+    draw.add_argument("model", help="a run's output directory, or its model/ directory (a gmm model)")
+    draw.add_argument("--rows", type=int, required=True, help="number of rows to draw")
+    draw.add_argument("-o", "--output", required=True, help="Zarr group to create, e.g. synthetic.zarr")
+    draw.add_argument("--seed", type=int, default=0, help="seed of the draws (default 0): same seed, same rows")
+    draw.add_argument("--chunk-rows", type=int, help="rows per task and per Zarr chunk (default: about 64 MiB of X)")
+    draw.add_argument("--overwrite", action="store_true", help="replace an earlier daskem output at that path")
+    cluster_arguments(draw)
+
+    report = command("report", "Draw a run's report/ (index.html and figures) again from its output directory.",
+                     _report)
+    report.add_argument("run_dir", help="the output directory of a daskem run")
 
     make = command("make-data", "Write a synthetic Gaussian-mixture data set to Zarr, chunk by chunk; "
                    "its true parameters go to <path>.truth/.", _make_data)
@@ -135,6 +147,26 @@ def build_parser() -> argparse.ArgumentParser:
                       help="fsspec option for a URL (repeatable)")
     make.add_argument("--overwrite", action="store_true", help="replace an existing store")
     return parser
+
+
+def cluster_arguments(sub: argparse.ArgumentParser) -> None:
+    """The cluster flags of the commands without a config (predict, sample)."""
+    sub.add_argument("--address", help="scheduler address (tcp://host:port, tls://host:port); default: an embedded cluster")
+    sub.add_argument("--scheduler-file", help="JSON file a running scheduler wrote its address to (instead of --address)")
+    sub.add_argument("--tls-ca-file", help="tls:// scheduler: PEM file of the CA that signed its certificate")
+    sub.add_argument("--tls-cert", help="tls:// scheduler: PEM file of this client's certificate")
+    sub.add_argument("--tls-key", help="tls:// scheduler: PEM file of this client's private key (unless in --tls-cert)")
+    sub.add_argument("--n-workers", type=int, default=2, help="embedded cluster: worker processes (default 2)")
+    sub.add_argument("--threads-per-worker", type=int, default=1, help="embedded cluster: threads per worker")
+    sub.add_argument("--memory-limit", default="4GiB", help="embedded cluster: memory per worker (default 4GiB)")
+    sub.add_argument("--no-progress", action="store_true", help="no progress bars over chunks")
+
+
+def _cluster(args) -> dict:
+    """``cluster`` of a config from the flags of ``cluster_arguments``."""
+    return {"address": args.address, "scheduler_file": args.scheduler_file, "tls": _tls(args),
+            "n_workers": args.n_workers, "threads_per_worker": args.threads_per_worker,
+            "memory_limit": args.memory_limit}
 
 
 def _run(args) -> int:
@@ -172,16 +204,46 @@ def _predict(args) -> int:
         "model_storage_options": _options(args.model_storage_options, "--model-storage-option"),
         "data": {"path": args.data, "array": args.array, "chunk_rows": args.chunk_rows,
                  "storage_options": _options(args.storage_options), "allow_missing_chunks": args.allow_missing_chunks},
-        "cluster": {"address": args.address, "scheduler_file": args.scheduler_file, "tls": _tls(args),
-                    "n_workers": args.n_workers, "threads_per_worker": args.threads_per_worker,
-                    "memory_limit": args.memory_limit},
+        "cluster": _cluster(args),
         "output": {"path": args.output, "storage_options": _options(args.output_storage_options, "--output-storage-option"),
                    "labels": not args.no_labels, "responsibilities": args.responsibilities,
-                   "log_density": args.log_density, "overwrite": args.overwrite},
+                   "log_density": args.log_density, "overwrite": args.overwrite, "report": False,
+                   "outliers": _outlier_rule(args)},
     }
     config = parse_config(raw, source="predict", model=PredictConfig)
     result = predict(config, progress=not args.no_progress)
     print(result.output)
+    return 0
+
+
+def _outlier_rule(args) -> dict | None:
+    """``output.outliers`` of predict: {} (the saved threshold), a contamination or a threshold."""
+    from daskem.errors import ConfigError
+
+    given = [flag for flag, value in (("--outliers", args.outliers), ("--contamination", args.contamination),
+                                      ("--outlier-threshold", args.outlier_threshold)) if value not in (None, False)]
+    if len(given) > 1:
+        raise ConfigError(f"{' and '.join(given)} each choose the outlier threshold; give one")
+    if not given:
+        return None
+    return {"contamination": args.contamination, "threshold": args.outlier_threshold}
+
+
+def _sample(args) -> int:
+    from daskem.pipeline.config_loading import parse_config
+    from daskem.pipeline.sampling import SampleConfig, sample
+
+    raw = {"model_path": args.model, "rows": args.rows, "seed": args.seed, "chunk_rows": args.chunk_rows,
+           "output": args.output, "overwrite": args.overwrite, "cluster": _cluster(args)}
+    config = parse_config(raw, source="sample", model=SampleConfig)
+    print(sample(config, progress=not args.no_progress))
+    return 0
+
+
+def _report(args) -> int:
+    from daskem.outputs.report import regenerate
+
+    print(regenerate(args.run_dir))
     return 0
 
 

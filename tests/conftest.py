@@ -35,6 +35,26 @@ def run_cli(tmp_path):
     return run
 
 
+@pytest.fixture
+def in_process(capsys):
+    """Run the command line's ``main(args)`` here (fast) and return a CompletedProcess (exit status,
+    stdout, stderr); the log set-up is restored."""
+    import logging
+
+    from daskem.cli import main
+
+    logger = logging.getLogger("daskem")
+    saved = logger.handlers[:], logger.level, logger.propagate
+
+    def run(*args):
+        status = main([str(arg) for arg in args])
+        captured = capsys.readouterr()
+        return subprocess.CompletedProcess(args, status, captured.out, captured.err)
+
+    yield run
+    logger.handlers[:], logger.level, logger.propagate = saved
+
+
 def write_config(path: Path, config: dict) -> Path:
     """Write ``config`` as YAML to ``path``; returns ``path``."""
     path.write_text(yaml.safe_dump(config, sort_keys=False))

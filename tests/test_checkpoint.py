@@ -184,7 +184,7 @@ def run_config(store, output, **model):
     return {"data": {"path": str(store), "array": "X"},
             "model": {"kind": "gmm", "n_components": 5, "max_iter": 12, "tol": 0, "random_state": 0, **model},
             "cluster": {"n_workers": 2, "threads_per_worker": 1, "memory_limit": "1GiB", "dashboard": False},
-            "output": {"path": str(output)}}
+            "output": {"path": str(output), "report": False}}
 
 
 def kill_when(config_path, cwd, marker: str, timeout: float = 180) -> str:

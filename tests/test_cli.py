@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import logging
 import subprocess
 import sys
 import time
@@ -44,7 +43,7 @@ def config_for(store, output, **model):
         "data": {"path": str(store), "array": "X"},
         "model": {"kind": "gmm", "n_components": K, "max_iter": 15, "random_state": 0, **model},
         "cluster": {"n_workers": 1, "threads_per_worker": 2, "memory_limit": "1GiB", "dashboard": False},
-        "output": {"path": str(output)},
+        "output": {"path": str(output), "report": False},
     }
 
 
@@ -256,21 +255,6 @@ BAD_INPUTS = [_case_missing_store, _case_not_a_store, _case_missing_array, _case
               _case_unknown_key, _case_wrong_type, _case_too_many_components, _case_output_exists]
 
 
-@pytest.fixture
-def in_process(capsys):
-    """Run ``main(args)`` here (fast) and return (exit status, stderr); the log set-up is restored."""
-    logger = logging.getLogger("daskem")
-    saved = logger.handlers[:], logger.level, logger.propagate
-
-    def run(*args):
-        status = main([str(arg) for arg in args])
-        captured = capsys.readouterr()
-        return subprocess.CompletedProcess(args, status, captured.out, captured.err)
-
-    yield run
-    logger.handlers[:], logger.level, logger.propagate = saved
-
-
 def snapshot(folder):
     return sorted((str(p), p.stat().st_mtime_ns) for p in folder.rglob("*"))
 
@@ -322,7 +306,7 @@ def test_module_help(run_cli):
     assert done.returncode == 0 and all(c in done.stdout for c in ("run", "validate", "predict", "make-data"))
 
 
-@pytest.mark.parametrize("command", ["run", "validate", "predict", "make-data"])
+@pytest.mark.parametrize("command", ["run", "validate", "predict", "sample", "report", "make-data"])
 def test_each_command_has_help(command, capsys):
     with pytest.raises(SystemExit) as info:
         main([command, "--help"])

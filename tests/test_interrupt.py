@@ -32,7 +32,7 @@ def config(store, output, *, cluster=None, **model):
             "model": {"kind": "gmm", "n_components": 5, "max_iter": 200, "tol": 0, "random_state": 0,
                       "init": "k-means++", **model},
             "cluster": {"n_workers": 2, "memory_limit": "1GiB", "dashboard": False, **(cluster or {})},
-            "output": {"path": str(output)}}
+            "output": {"path": str(output), "report": False}}
 
 
 def start(config_path, cwd) -> subprocess.Popen:

@@ -136,7 +136,7 @@ def run_config(tmp_path, store, **data):
         "data": {"path": str(store), "array": "X", **data},
         "model": {"kind": "kmeans", "n_components": 3, "max_iter": 5, "random_state": 0},
         "cluster": {"n_workers": 1, "threads_per_worker": 2, "memory_limit": "1GiB", "dashboard": False},
-        "output": {"path": str(tmp_path / "out")},
+        "output": {"path": str(tmp_path / "out"), "report": False},
     })
 
 

@@ -37,7 +37,7 @@ def blobs(tmp_path_factory, s3):
 
 def config(path: str, output: str, storage_options=None) -> dict:
     data = {"path": path, "array": "X", **({"storage_options": storage_options} if storage_options else {})}
-    return {"data": data, "model": MODEL, "cluster": CLUSTER, "output": {"path": output}}
+    return {"data": data, "model": MODEL, "cluster": CLUSTER, "output": {"path": output, "report": False}}
 
 
 @pytest.mark.cluster

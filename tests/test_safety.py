@@ -393,7 +393,7 @@ def test_write_pass_without_a_cluster_writes_every_slab(tmp_path):
     X = da.from_array(np.arange(80.0).reshape(40, 2), chunks=(10, 2))
     target = zarr.create_array(str(tmp_path / "p.zarr"), shape=(40, 2), chunks=(10, 2), dtype="f8")
     doubled = zarr.create_array(str(tmp_path / "q.zarr"), shape=(40, 2), chunks=(10, 2), dtype="f8")
-    assert store_rows(X, _rows_and_double, {"x": target, "twice": doubled}) == 40
+    assert store_rows(X, _rows_and_double, {"x": target, "twice": doubled})["rows"] == 40
     np.testing.assert_array_equal(target[:], X.compute())
     np.testing.assert_array_equal(zarr.open_array(str(tmp_path / "q.zarr"))[:], 2 * X.compute())
 

@@ -7,16 +7,19 @@ from functools import partial
 from numbers import Integral, Real
 
 import numpy as np
+from scipy.special import logsumexp
 from sklearn.base import BaseEstimator, DensityMixin
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.utils._param_validation import Interval
+from sklearn.exceptions import NotFittedError
 from sklearn.utils.validation import check_is_fitted
 
-from daskem.data.checks import as_row_blocks, check_fitted_arrays
+from daskem.data.checks import as_row_blocks, check_features, check_fitted_arrays
 from daskem.engine.per_row import apply_rows
 from daskem.engine.reduction import new_run_id
 from daskem.kernels.covariance import get_covariance_type
 from daskem.kernels.draws import seeds_from
+from daskem.kernels.sampling import mixture_rows
 from daskem.models.families import (
     GaussianMixtureFamily,
     GMMParams,
@@ -29,6 +32,7 @@ from daskem.models.fitting import (
     open_checkpoint,
 )
 from daskem.models.initialization import Candidate, ExplicitStart, InitSpec
+from daskem.models.outliers import check_outlier_rule, contamination_threshold, outlier_rows
 from daskem.models.parameters import SHARED_PARAMETER_CONSTRAINTS, Choices
 
 # ``init_params`` choices and the start each one names (see ``daskem.models.initialization``).
@@ -107,6 +111,12 @@ class GaussianMixture(DensityMixin, BaseEstimator):
     n_passes_ : int
         (daskem) Reads of the data by the fit, initialization included.
     n_features_in_ : int
+    offset_ : float
+        (after ``set_outlier_threshold``) The log-density below which a row is an outlier, as in
+        scikit-learn's outlier detectors: ``decision_function(X) = score_samples(X) - offset_``.
+    contamination_ : float or None
+        (after ``set_outlier_threshold``) The fraction of rows the threshold was set to flag, or
+        None for a threshold given as a log-density.
     """
 
     _parameter_constraints = {
@@ -193,8 +203,10 @@ class GaussianMixture(DensityMixin, BaseEstimator):
 
     def row_kernel(self):
         """A picklable ``kernel(rows, names) -> {name: array}`` for the per-row outputs ``labels``,
-        ``responsibilities`` and ``log_density``, all from one E-step per tile."""
-        return partial(self._family().row_outputs, self._fitted())
+        ``responsibilities``, ``log_density`` and, once a threshold is set, ``outlier``, all from one
+        E-step per tile."""
+        kernel = partial(self._family().row_outputs, self._fitted())
+        return kernel if getattr(self, "offset_", None) is None else partial(outlier_rows, kernel, self.offset_)
 
     def _apply(self, X, name, columns, dtype):
         return apply_rows(X, self.row_kernel(), name, n_features=self.n_features_in_, columns=columns, dtype=dtype)
@@ -214,6 +226,43 @@ class GaussianMixture(DensityMixin, BaseEstimator):
     def score(self, X, y=None) -> float:
         """Mean log-likelihood per row (computed now, also for Dask input)."""
         return float(np.asarray(self.score_samples(X).mean()))
+
+    # ----------------------------------------------------------------- outliers
+    def set_outlier_threshold(self, X=None, *, contamination=None, threshold=None):
+        """Set ``offset_``, the log-density below which a row is an outlier: ``threshold`` itself, or
+        the value below which a fraction ``contamination`` of the rows of ``X`` lie (found out of
+        core, exactly; see :mod:`daskem.models.outliers`). Returns self; saved with the model."""
+        self._fitted()
+        check_outlier_rule(contamination, threshold)
+        if contamination is not None:
+            if X is None:
+                raise ValueError("contamination needs X, the rows of which that fraction is flagged")
+            X = as_row_blocks(X)
+            check_features(X, self.n_features_in_)
+            threshold = contamination_threshold(X, self.row_kernel(), float(contamination),
+                                                upper=self._log_density_bound(), fan_in=self.fan_in)
+        self.offset_ = float(threshold)
+        self.contamination_ = None if contamination is None else float(contamination)
+        return self
+
+    def _log_density_bound(self) -> float:
+        """An upper bound of the log-density: ``log sum_k w_k N(mu_k; mu_k, Sigma_k)``, the mixture's
+        density if every component peaked at the same point."""
+        params = self._fitted()
+        d = self.n_features_in_
+        peaks = np.log(params.weights) + self._family().covariance.log_det_cholesky(params.precisions_cholesky, d)
+        return float(logsumexp(peaks) - 0.5 * d * np.log(2 * np.pi))
+
+    def decision_function(self, X):
+        """``score_samples(X) - offset_``: negative for outliers, as in scikit-learn's outlier detectors."""
+        if getattr(self, "offset_", None) is None:
+            raise NotFittedError("this GaussianMixture has no outlier threshold: call "
+                                 "set_outlier_threshold(X, contamination=...) or set_outlier_threshold(threshold=...)")
+        return self.score_samples(X) - self.offset_
+
+    def predict_outliers(self, X):
+        """-1 for an outlier (log-density below ``offset_``), +1 otherwise: an outlier detector's ``predict``."""
+        return (self.decision_function(X) >= 0) * 2 - 1
 
     def _n_parameters(self) -> int:
         return self._family().n_parameters(self.n_features_in_, self._fitted())
@@ -239,16 +288,18 @@ class GaussianMixture(DensityMixin, BaseEstimator):
         log_det = self._family().covariance.log_det_cholesky(self.precisions_cholesky_, d)
         if not np.all(np.isfinite(log_det)):
             raise ValueError("precisions_cholesky_ has a factor that is not positive definite")
+        offset = getattr(self, "offset_", None)
+        if offset is not None and not (isinstance(offset, float) and np.isfinite(offset)):
+            raise ValueError(f"offset_ (the outlier threshold) must be a finite number, got {offset!r}")
 
     def sample(self, n_samples=1):
-        """Draw ``n_samples`` rows from the fitted mixture; returns (X, component labels)."""
+        """Draw ``n_samples`` rows from the fitted mixture; returns (X, component labels). Rows are keyed
+        by ``random_state`` and their index (:mod:`daskem.kernels.sampling`), as ``daskem sample`` draws them."""
         if n_samples < 1:
             raise ValueError(f"n_samples must be at least 1, got {n_samples}")
-        params = self._fitted()
-        rng = np.random.default_rng(seeds_from(self.random_state, 1)[0])
-        counts = rng.multinomial(n_samples, params.weights)
-        rows = self._family().covariance.sample(rng, params.means, params.covariances, counts)
-        return rows, np.repeat(np.arange(self.n_components), counts)
+        rows, components = mixture_rows(self._fitted(), self._family().covariance,
+                                         seeds_from(self.random_state, 1)[0], 0, int(n_samples))
+        return rows, components.astype(np.int64)
 
 
 def mixture_start(estimator: GaussianMixture, n_features: int) -> tuple[Candidate, InitSpec]:
@@ -272,6 +323,8 @@ def mixture_start(estimator: GaussianMixture, n_features: int) -> tuple[Candidat
 def set_fitted(estimator: GaussianMixture, result, n_features: int) -> None:
     """Set the fitted attributes of ``estimator`` from one EM result."""
     params = result.params
+    for stale in ("offset_", "contamination_"):  # an outlier threshold belongs to the parameters it was set for
+        estimator.__dict__.pop(stale, None)
     estimator.weights_ = params.weights
     estimator.means_ = params.means
     estimator.covariances_ = params.covariances

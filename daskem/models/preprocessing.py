@@ -139,8 +139,8 @@ def fit_preprocessing(X: da.Array, config, *, random_state: int | None = None) -
 class PreprocessedModel:
     """A fitted estimator behind its fitted ``Preprocessing``: prediction methods take raw rows.
 
-    ``predict``, ``predict_proba``, ``score_samples``, ``score``, ``transform``, ``bic`` and
-    ``aic`` transform ``X`` with ``preprocessing`` and call the estimator's method. Other
+    ``predict``, ``predict_proba``, ``score_samples``, ``score``, ``transform``, ``bic``, ``aic`` and
+    the outlier methods (``set_outlier_threshold``, ``decision_function``, ``predict_outliers``) transform ``X`` with ``preprocessing`` and call the estimator's method. Other
     attributes (``means_``, ``n_iter_``, ...) are read from ``estimator``.
     """
 
@@ -181,6 +181,16 @@ class PreprocessedModel:
 
     def bic(self, X) -> float:
         return self.estimator.bic(self.preprocessing.transform(X))
+
+    def set_outlier_threshold(self, X=None, **rule):
+        self.estimator.set_outlier_threshold(None if X is None else self.preprocessing.transform(X), **rule)
+        return self
+
+    def decision_function(self, X):
+        return self.estimator.decision_function(self.preprocessing.transform(X))
+
+    def predict_outliers(self, X):
+        return self.estimator.predict_outliers(self.preprocessing.transform(X))
 
     def aic(self, X) -> float:
         return self.estimator.aic(self.preprocessing.transform(X))

@@ -39,6 +39,7 @@ class CandidateSummary:
     aic: float
     n_iter: int
     converged: bool
+    history: list[float]  # the objective at every iteration
 
 
 @dataclass
@@ -101,7 +102,8 @@ def fit_candidates(
         n_parameters = candidate.family.n_parameters(X.shape[1], result.params)
         bic, aic = information_criteria(log_likelihood, X.shape[0], n_parameters)
         table.append(CandidateSummary(estimator.n_components, estimator.covariance_type, restart, log_likelihood,
-                                      bic=bic, aic=aic, n_iter=result.n_iter, converged=result.converged))
+                                      bic=bic, aic=aic, n_iter=result.n_iter, converged=result.converged,
+                                      history=[float(value) for value in result.history]))
     order = sorted(range(len(table)), key=lambda i: _score(table[i], criterion))
     best_estimator, _, _, best_result = owners[order[0]]
     set_fitted(best_estimator, best_result, X.shape[1])

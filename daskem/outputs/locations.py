@@ -16,6 +16,9 @@ from __future__ import annotations
 import json
 import logging
 import os
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -30,7 +33,7 @@ logger = logging.getLogger("daskem")
 
 RECORD = "run.json"
 # What a daskem command writes under its output prefix; anything else there is someone else's.
-OWN_ENTRIES = ("model", "predictions.zarr", RECORD)
+OWN_ENTRIES = ("model", "predictions.zarr", "report", RECORD)
 
 
 @dataclass(frozen=True)
@@ -43,6 +46,22 @@ class OutputDir:
 
     def join(self, name: str) -> str:
         return f"{self.root.rstrip('/')}/{name}"
+
+    @contextmanager
+    def written_here(self, name: str) -> Iterator[Path]:
+        """A local directory for ``name``, for writers that know only files (matplotlib): the entry itself
+        under a local root; under a prefix, a temporary directory copied there file by file on the way out."""
+        if "://" not in self.root:
+            yield Path(self.root) / name
+            return
+        import fsspec
+
+        with tempfile.TemporaryDirectory(prefix="daskem-") as scratch:
+            here = Path(scratch) / name
+            yield here
+            fs, there = fsspec.core.url_to_fs(self.join(name), **self.storage_options)
+            for file in sorted(p for p in here.rglob("*") if p.is_file()):
+                fs.put_file(str(file), f"{there}/{file.relative_to(here).as_posix()}")
 
 
 def output_location(path: str | os.PathLike, storage_options: Mapping[str, Any] | None = None, *,

@@ -1,4 +1,4 @@
-"""Per-row outputs (labels, responsibilities, log-density) written to Zarr by the workers.
+"""Per-row outputs (labels, responsibilities, log-density, outlier flags) written to Zarr by the workers.
 
 On a distributed cluster a failed write pass stops cleanly: when one slab's task fails (a corrupt
 chunk, a full disk) or the client is interrupted, the writes that may be running are waited for and
@@ -12,6 +12,7 @@ import logging
 import os
 import time
 import uuid
+from collections import Counter
 from dataclasses import dataclass
 from typing import Any, Mapping
 
@@ -32,14 +33,16 @@ PREDICTIONS = {
     "labels": (np.int32, False),
     "responsibilities": (np.float32, True),
     "log_density": (np.float64, False),
+    "outlier": (np.bool_, False),
 }
 
 
 def prediction_bytes(n_rows: int, n_components: int | None, outputs) -> int:
     """About how many bytes the per-row outputs that ``outputs`` (an ``OutputConfig``) asks for take."""
     total = 0
+    flagging = getattr(outputs, "outliers", None) is not None  # writes outlier and log_density
     for name, (dtype, per_component) in PREDICTIONS.items():
-        if getattr(outputs, name, False):
+        if getattr(outputs, name, False) or (flagging and name in ("outlier", "log_density")):
             total += n_rows * np.dtype(dtype).itemsize * ((n_components or 1) if per_component else 1)
     return total
 
@@ -52,6 +55,7 @@ def write_predictions(
     labels: bool = True,
     responsibilities: bool = False,
     log_density: bool = False,
+    outlier: bool = False,
     fan_in: int = DEFAULT_FAN_IN,
     storage_options: Mapping[str, Any] | None = None,
 ) -> dict[str, dict[str, Any]]:
@@ -59,12 +63,13 @@ def write_predictions(
     path, or an fsspec URL opened with ``storage_options`` on the client and on every worker).
 
     ``labels`` (int32, N), ``responsibilities`` (float32, N x K), ``log_density`` (float64, N),
-    chunked like the rows of ``X``. Each slab's task computes every requested output from one E-step
-    (``model.row_kernel()``) and writes its own region of each array; nothing is gathered but a row
-    count, checked against N. Returns a description of each array written.
+    ``outlier`` (bool, N: log-density below the model's ``offset_``), chunked like the rows of ``X``.
+    Each slab's task computes every requested output from one E-step (``model.row_kernel()``) and
+    writes its own region of each array; nothing is gathered but counts: the rows, checked against
+    N, and the ``true`` values of each bool array. Returns a description of each array written.
     """
     wanted = [name for name, on in (("labels", labels), ("responsibilities", responsibilities),
-                                    ("log_density", log_density)) if on]
+                                    ("log_density", log_density), ("outlier", outlier)) if on]
     if not wanted:
         return {}
     X = X if isinstance(X, da.Array) else da.from_array(np.asarray(X), chunks=(X.shape[0], -1))
@@ -80,21 +85,25 @@ def write_predictions(
         shape = (n_rows, model.n_components) if per_component else (n_rows,)
         targets[name] = group.create_array(name, shape=shape, chunks=(chunk,) + shape[1:], dtype=dtype)
         written[name] = {"dtype": np.dtype(dtype).name, "shape": list(shape), "chunk_rows": chunk}
-    rows = store_rows(X, model.row_kernel(), targets, fan_in=fan_in)
-    if rows != n_rows:  # every slab writes its rows exactly once
-        raise RuntimeError(f"predictions: {rows} rows written for {n_rows} rows of input")
+    counts = store_rows(X, model.row_kernel(), targets, fan_in=fan_in)
+    if counts["rows"] != n_rows:  # every slab writes its rows exactly once
+        raise RuntimeError(f"predictions: {counts['rows']} rows written for {n_rows} rows of input")
+    for name in wanted:
+        if PREDICTIONS[name][0] is np.bool_:
+            written[name]["true"] = counts[name]
     return written
 
 
-def store_rows(X: da.Array, kernel, targets: dict[str, Any], *, fan_in: int = DEFAULT_FAN_IN) -> int:
+def store_rows(X: da.Array, kernel, targets: dict[str, Any], *, fan_in: int = DEFAULT_FAN_IN) -> Counter:
     """Write ``kernel(slab, names)[name]`` of every slab into the same rows of ``targets[name]``, one
-    task per slab (one E-step for all names), and return the rows written; on a distributed
-    cluster a failure stops the pass cleanly (see the module doc)."""
+    task per slab (one E-step for all names); return the counts of the rows written (``rows``) and
+    of the true values of each bool output. On a distributed cluster a failure stops the pass
+    cleanly (see the module doc)."""
     token = uuid.uuid4().hex[:12]
     name = f"daskem-predictions-{token}"
     payload = SlabWrite(kernel, tuple(targets.items()), token)
     try:
-        return map_reduce(X, write_slab, payload, name=name, combine=sum, fan_in=fan_in)
+        return map_reduce(X, write_slab, payload, name=name, combine=_add_counts, fan_in=fan_in)
     except BaseException:
         _stop(token, name)
         raise
@@ -109,17 +118,24 @@ class SlabWrite:
     token: str
 
 
-def write_slab(slab: np.ndarray, row_start: int, payload: SlabWrite) -> int:
-    """Compute every requested output of one slab from one E-step and write it in place; the row
-    count (0 when its pass was stopped)."""
+def write_slab(slab: np.ndarray, row_start: int, payload: SlabWrite) -> Counter:
+    """Compute every requested output of one slab from one E-step and write it in place; its
+    counts (none when its pass was stopped)."""
     if payload.token in _STOPPED:
-        return 0
+        return Counter()
     _quiet_unclosed_sessions()
     values = payload.kernel(slab, tuple(name for name, _ in payload.targets))
     stop = row_start + slab.shape[0]
+    counts = Counter(rows=slab.shape[0])
     for name, target in payload.targets:
         target[row_start:stop] = values[name].astype(target.dtype, copy=False)
-    return slab.shape[0]
+        if target.dtype == np.bool_:
+            counts[name] = int(np.count_nonzero(values[name]))
+    return counts
+
+
+def _add_counts(parts: list[Counter]) -> Counter:
+    return sum(parts, Counter())
 
 
 class _UnclosedSessions(logging.Filter):

@@ -34,6 +34,7 @@ from sklearn.utils._param_validation import InvalidParameterError
 from daskem.kernels.covariance import COVARIANCE_TYPES
 from daskem.models.gaussian_mixture import INIT_PARAMS, GaussianMixture
 from daskem.models.kmeans import INIT_METHODS, KMeans
+from daskem.models.outliers import CONTAMINATION_MAX, check_outlier_rule
 from daskem.models.selection import CRITERIA, fit_candidates
 
 ESTIMATORS = {"gmm": GaussianMixture, "kmeans": KMeans}
@@ -399,6 +400,32 @@ class PreprocessConfig(_Section):
         return self.standardize or self.pca is not None
 
 
+class OutliersConfig(_Section):
+    """Anomaly flags (gmm): rows whose log-density lies below a threshold (``predictions.zarr/outlier``)."""
+
+    contamination: Optional[float] = Field(
+        None, gt=0, le=CONTAMINATION_MAX,
+        description=f"Fraction of the rows to flag, in (0, {CONTAMINATION_MAX}]: the threshold is the log-density "
+        "below which that fraction lies, found out of core in a few passes.",
+    )
+    threshold: Optional[float] = Field(
+        None, description="The log-density itself (in nats), instead of contamination."
+    )
+
+    @model_validator(mode="after")
+    def _finite_threshold(self) -> "OutliersConfig":
+        if self.threshold is not None:
+            check_outlier_rule(None, self.threshold)
+        if self.contamination is not None and self.threshold is not None:
+            raise ValueError("give contamination or threshold, not both")
+        return self
+
+    @property
+    def given(self) -> bool:
+        """Whether a rule is given (predict may leave both out: the threshold saved with the model)."""
+        return self.contamination is not None or self.threshold is not None
+
+
 class OutputConfig(_Section):
     """What to write, and where."""
 
@@ -415,6 +442,14 @@ class OutputConfig(_Section):
         False, description="gmm only: write predictions.zarr/responsibilities (float32, rows x components)."
     )
     log_density: bool = Field(False, description="gmm only: write predictions.zarr/log_density (float64, one per row).")
+    outliers: Optional[OutliersConfig] = Field(
+        None,
+        description="gmm only: {contamination: 0.01} or {threshold: <log-density>}; writes predictions.zarr/outlier "
+        "(bool) and log_density, saves the threshold with the model and records it in run.json.",
+    )
+    report: bool = Field(
+        True, description="Write report/ (index.html and PNG figures of the run); run only."
+    )
     overwrite: bool = Field(
         False, description="Replace an existing daskem output (a directory: only once the new one is complete)."
     )
@@ -468,9 +503,12 @@ class DaskemConfig(_Section):
 
     @model_validator(mode="after")
     def _per_row_outputs_exist_for_kind(self) -> "DaskemConfig":
-        """Responsibilities and log-densities need an estimator with ``predict_proba``."""
+        """Responsibilities, log-densities and outlier flags need an estimator with ``predict_proba``;
+        a run's outlier rule must be given."""
+        if self.output.outliers is not None and not self.output.outliers.given:
+            raise ValueError("output.outliers: give contamination (e.g. 0.01) or threshold (a log-density)")
         if not hasattr(ESTIMATORS[self.model.kind], "predict_proba"):
-            bad = [key for key in ("responsibilities", "log_density") if getattr(self.output, key)]
+            bad = [key for key in ("responsibilities", "log_density", "outliers") if getattr(self.output, key)]
             if bad:
                 owners = " | ".join(kind for kind, estimator in ESTIMATORS.items() if hasattr(estimator, "predict_proba"))
                 raise ValueError(

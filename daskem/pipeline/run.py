@@ -31,6 +31,7 @@ from daskem.outputs.locations import output_location
 from daskem.outputs.model_files import read_model, save_model
 from daskem.outputs.predictions import prediction_bytes, write_predictions
 from daskem.outputs.records import output_format, package_versions
+from daskem.outputs.report import REPORT_DIR, report_sample, write_report
 from daskem.pipeline.cluster import (
     cluster_summary,
     connect,
@@ -52,7 +53,7 @@ from daskem.pipeline.watchdog import watched
 logger = logging.getLogger("daskem")
 
 # The steps whose passes over the data run.json counts (see ``daskem.engine.reduction.step``).
-PASS_STEPS = ("init", "em", "scoring", "outputs")
+PASS_STEPS = ("init", "em", "scoring", "outliers", "outputs", "report")
 
 
 @dataclass(frozen=True)
@@ -157,10 +158,15 @@ def run(config: DaskemConfig, *, progress: bool = True, restart: bool = False) -
 
         t = time.perf_counter()
         logger.info("writing the model and predictions to %s", location.url)
-        with location as out, step("outputs"), disk_full_named(location.url, X.shape[0], model, config.output):
+        with location as out, disk_full_named(location.url, X.shape[0], model, config.output):
+            set_outliers(model, X, config.output.outliers)
             save_model(model, out.join("model"), metadata={"data": mask_document(source.to_json(), secrets)},
                        storage_options=out.storage_options)
-            written = write_per_row(model, X, out, config.output)
+            with step("outputs"):
+                written = write_per_row(model, X, out, config.output)
+            if config.output.report:
+                with step("report"):
+                    sample = report_sample(model, X, seed=config.model.random_state or 0, fan_in=config.model.fan_in)
             timings["outputs"] = time.perf_counter() - t
             timings["total"] = time.perf_counter() - t0
             summary = {**output_format(), **mask_document({  # the format tag is never masked: readers need it
@@ -168,11 +174,15 @@ def run(config: DaskemConfig, *, progress: bool = True, restart: bool = False) -
                 "preprocessing": prep.to_json() if prep is not None else None,
                 **fit_summary(estimator),
                 "candidates": candidates,
+                "outliers": outlier_record(model, written),
                 "outputs": {"model": "model", "predictions": "predictions.zarr" if written else None,
-                            "arrays": written},
+                            "arrays": written, "report": f"{REPORT_DIR}/index.html" if config.output.report else None},
                 "timings": {k: round(v, 3) for k, v in timings.items()},
                 "passes": {**{name: passes.get(name, 0) for name in PASS_STEPS}, "total": sum(passes.values())},
             }, secrets)}
+            if config.output.report:
+                with out.written_here(REPORT_DIR) as report:
+                    write_report(report, summary, model, sample)
             final = location.commit(summary)
     checkpoint.remove()
     logger.info("passes over the data: %s", ", ".join(f"{k} {v}" for k, v in summary["passes"].items()))
@@ -209,9 +219,10 @@ def _fit_configured(config, X, source, checkpoint, client, timings: dict[str, fl
 
 def write_per_row(model, X, out, outputs) -> dict[str, Any]:
     """The per-row outputs that ``outputs`` (an ``OutputConfig``) asks for, written by the workers under ``out``."""
+    flagged = outputs.outliers is not None
     return write_predictions(model, X, out.join("predictions.zarr"), labels=outputs.labels,
-                             responsibilities=outputs.responsibilities, log_density=outputs.log_density,
-                             storage_options=out.storage_options)
+                             responsibilities=outputs.responsibilities, log_density=outputs.log_density or flagged,
+                             outlier=flagged, storage_options=out.storage_options)
 
 
 @contextmanager
@@ -240,11 +251,15 @@ def predict(config: PredictConfig, *, progress: bool = True) -> RunResult:
     if source.shape[1] != model.n_features_in_:
         raise DataError(f"{source.name}: has {source.shape[1]} features, but the model was fitted on "
                         f"{model.n_features_in_}; predict on data with the same columns")
-    for key in ("responsibilities", "log_density"):
+    for key in ("responsibilities", "log_density", "outliers"):
         if getattr(config.output, key) and not hasattr(estimator, "predict_proba"):
             raise ConfigError(
                 f"output.{key} needs a gmm model, but {config.model_path} holds a {type(estimator).__name__}"
             )
+    rule = config.output.outliers
+    if rule is not None and not rule.given and getattr(estimator, "offset_", None) is None:
+        raise ConfigError(f"--outliers: {config.model_path} has no saved outlier threshold (its run had no "
+                          "output.outliers); give --contamination or --outlier-threshold instead")
     location = output_of(config)
     location.check()
     with connect(config.cluster) as client, ProgressBars(client, enabled=progress), \
@@ -252,16 +267,38 @@ def predict(config: PredictConfig, *, progress: bool = True) -> RunResult:
         cluster = cluster_summary(client, config.cluster.embedded)
         X = fit_slabs_to_workers(config.data, X, source, cluster)
         with location as out, disk_full_named(location.url, X.shape[0], model, config.output):
+            set_outliers(model, X, config.output.outliers)
             written = write_per_row(model, X, out, config.output)
             summary = {**output_format(), **mask_document({
                 **run_record("predict", config, started_at, source, X, cluster),
                 "model_path": config.model_path if "://" in config.model_path else os.path.abspath(config.model_path),
+                "outliers": outlier_record(model, written),
                 "outputs": {"predictions": "predictions.zarr" if written else None, "arrays": written},
                 "timings": {"total": round(time.perf_counter() - t0, 3)},
             }, secret_values(config))}
             final = location.commit(summary)
     logger.info("predictions of %s written to %s", source.name, final)
     return RunResult(final, source, model, summary)
+
+
+def set_outliers(model, X, rule) -> None:
+    """Set the model's outlier threshold by ``output.outliers`` (its passes counted as step outliers):
+    a contamination of ``X``'s rows or a log-density; left out (predict), the threshold saved with the model."""
+    if rule is None:
+        return
+    if rule.given:
+        with step("outliers"):
+            model.set_outlier_threshold(X, contamination=rule.contamination, threshold=rule.threshold)
+    logger.info("outliers: rows with a log-density below %.6g are flagged", model.offset_)
+
+
+def outlier_record(model, written: dict) -> dict[str, Any] | None:
+    """run.json's ``outliers``: the threshold, the contamination it was set for, the rows flagged."""
+    if "outlier" not in written:
+        return None
+    count, rows = written["outlier"]["true"], written["outlier"]["shape"][0]
+    return {"threshold": model.offset_, "contamination": model.contamination_, "count": count, "rows": rows,
+            "fraction": count / rows if rows else 0.0}
 
 
 def memory_hint(config) -> str:

@@ -83,8 +83,9 @@ class CovarianceType(ABC):
         """Covariances of this type's shape with ``reg_covar`` added to every variance."""
 
     @abstractmethod
-    def _draw(self, rng: np.random.Generator, mean: np.ndarray, covariance: np.ndarray, count: int) -> np.ndarray:
-        """(count, D) rows drawn from N(mean, covariance); ``covariance`` is one entry of ``_expand``."""
+    def _scale_normals(self, normals: np.ndarray, covariance: np.ndarray) -> np.ndarray:
+        """(n, D) standard normal draws turned into draws of N(0, covariance): ``normals @ L^T`` with
+        ``covariance = L L^T``; ``covariance`` is one entry of ``_expand``."""
 
     @abstractmethod
     def _check_positive(self, values: np.ndarray, label: str, noun: str) -> None:
@@ -165,9 +166,27 @@ class CovarianceType(ABC):
         counts = np.asarray(counts)
         if counts.shape != (n_components,) or np.any(counts < 0):
             raise ValueError(f"counts must be {n_components} non-negative integers, got {counts!r}")
+        normals = rng.standard_normal((int(counts.sum()), n_features))
+        return self.from_normals(normals, means, covariances, np.repeat(np.arange(n_components), counts))
+
+    def from_normals(self, normals: np.ndarray, means: np.ndarray, covariances: np.ndarray,
+                     components: np.ndarray) -> np.ndarray:
+        """(n, D) rows of N(mean_k, Sigma_k) made from (n, D) standard normal draws, row i from
+        component ``components[i]``: the one place where a draw takes a component's shape."""
+        means = np.asarray(means, dtype=np.float64)
+        n_components, n_features = means.shape
         per_component = self._expand(np.asarray(covariances, dtype=np.float64), n_components, n_features)
-        draws = [self._draw(rng, means[k], per_component[k], int(counts[k])) for k in range(n_components)]
-        return np.vstack(draws).reshape(-1, n_features)
+        rows = np.empty((len(components), n_features))
+        for k in np.unique(components):
+            chosen = components == k
+            rows[chosen] = means[k] + self._scale_normals(normals[chosen], per_component[k])
+        return rows
+
+    def full_covariances(self, covariances: np.ndarray, n_components: int, n_features: int) -> np.ndarray:
+        """(K, D, D): every component's covariance as a full matrix (for plots and reports)."""
+        per_component = self._expand(np.asarray(covariances, dtype=np.float64), n_components, n_features)
+        factors = [self._scale_normals(np.eye(n_features), per_component[k]) for k in range(n_components)]  # L^T
+        return np.stack([factor.T @ factor for factor in factors])
 
     def check_precisions(self, precisions: np.ndarray, n_components: int, n_features: int) -> np.ndarray:
         """Validate a user's ``precisions_init`` (shape, finite, symmetric, positive); return float64."""

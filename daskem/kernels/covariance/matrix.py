@@ -74,8 +74,8 @@ class MatrixCovariance(CovarianceType):
         diagonals = np.diagonal(np.asarray(precisions_cholesky, dtype=np.float64), axis1=-2, axis2=-1)
         return np.sum(np.log(diagonals), axis=-1)
 
-    def _draw(self, rng, mean, covariance, count):
-        return rng.multivariate_normal(mean, covariance, count)
+    def _scale_normals(self, normals, covariance):
+        return normals @ np.linalg.cholesky(covariance).T
 
     def _check_positive(self, values, label, noun):
         n_features = values.shape[-1]

@@ -65,8 +65,8 @@ class VarianceCovariance(CovarianceType):
         factors = np.asarray(precisions_cholesky, dtype=np.float64)
         return np.sum(np.log(self._expand(factors, factors.shape[0], n_features)), axis=1)
 
-    def _draw(self, rng, mean, covariance, count):
-        return mean + rng.standard_normal(size=(count, mean.shape[0])) * np.sqrt(covariance)
+    def _scale_normals(self, normals, covariance):
+        return normals * np.sqrt(covariance)
 
     def _check_positive(self, values, label, noun):
         not_positive = first_index(values <= 0)
