@@ -197,7 +197,8 @@ class GaussianMixture(DensityMixin, BaseEstimator):
         return partial(self._family().row_outputs, self._fitted())
 
     def _apply(self, X, name, columns, dtype):
-        return apply_rows(X, self.row_kernel(), name, n_features=self.n_features_in_, columns=columns, dtype=dtype)
+        return apply_rows(X, self.row_kernel(), name, n_features=self.n_features_in_, columns=columns, dtype=dtype,
+                          model=type(self).__name__, column_dim="component")
 
     def predict(self, X):
         """Most probable component of each row."""

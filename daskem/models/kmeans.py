@@ -88,8 +88,14 @@ class KMeans(ClusterMixin, TransformerMixin, BaseEstimator):
         (daskem) Wall-clock seconds of every iteration.
     n_passes_ : int
         (daskem) Reads of the data by the fit, initialization included.
+    labels_ : ndarray or dask array of shape (n_samples,)
+        Nearest centre of each row of the fitted data; for Dask input a lazy array (as in dask-ml),
+        computed only when asked for (one more read of the data).
     n_features_in_ : int
     """
+
+    # Fitted attributes with one value per fitted row: the data's, not the model's, so never saved.
+    _per_row_attributes = ("labels_",)
 
     _parameter_constraints = {
         "n_clusters": [Interval(Integral, 1, None, closed="left")],
@@ -129,7 +135,7 @@ class KMeans(ClusterMixin, TransformerMixin, BaseEstimator):
     def fit(self, X, y=None):
         """Fit the centres to ``X`` (NumPy or a Dask array chunked along rows)."""
         self._validate_params()
-        X = as_row_blocks(X, min_rows=self.n_clusters, what="n_clusters")
+        data, X = X, as_row_blocks(X, min_rows=self.n_clusters, what="n_clusters")
         warm = self.warm_start and hasattr(self, "cluster_centers_")
         explicit = self.cluster_centers_ if warm else (None if isinstance(self.init, str) else self.init)
         candidate = Candidate(KMeansFamily(), self.n_clusters,
@@ -148,6 +154,7 @@ class KMeans(ClusterMixin, TransformerMixin, BaseEstimator):
         self.history_ = list(best.history)
         self.iteration_seconds_ = list(best.seconds)
         self.n_features_in_ = X.shape[1]
+        self.labels_ = self.predict(data)  # lazy for Dask input, as in dask-ml
         close_checkpoint(self.checkpoint, checkpoint)
         if not self.converged_:
             warnings.warn(
@@ -168,7 +175,8 @@ class KMeans(ClusterMixin, TransformerMixin, BaseEstimator):
         return partial(KMeansFamily().row_outputs, KMeansParams(self.cluster_centers_))
 
     def _apply(self, X, name, columns, dtype):
-        return apply_rows(X, self.row_kernel(), name, n_features=self.n_features_in_, columns=columns, dtype=dtype)
+        return apply_rows(X, self.row_kernel(), name, n_features=self.n_features_in_, columns=columns, dtype=dtype,
+                          model=type(self).__name__, column_dim="cluster")
 
     def predict(self, X):
         """Index of the nearest centre for each row."""

@@ -19,6 +19,7 @@ import numpy as np
 import zarr
 
 from daskem.engine.reduction import DEFAULT_FAN_IN, map_reduce
+from daskem.kernels.tiles import check_finite_block
 
 # Tokens of stopped write passes, in each worker process: their remaining write tasks do nothing.
 _STOPPED: set[str] = set()
@@ -110,6 +111,7 @@ def write_slab(slab: np.ndarray, row_start: int, payload: SlabWrite) -> int:
     count (0 when its pass was stopped)."""
     if payload.token in _STOPPED:
         return 0
+    check_finite_block(slab, row_start)  # new data to predict on is checked as data to fit
     values = payload.kernel(slab, tuple(name for name, _ in payload.targets))
     stop = row_start + slab.shape[0]
     for name, target in payload.targets:
