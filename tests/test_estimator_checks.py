@@ -15,7 +15,15 @@ import daskem
 from daskem.errors import DataError
 
 # Checks allowed to fail, with the reason; every other check must pass.
-ALLOWED_FAILURES: dict[str, dict[str, str]] = {"KMeans": {}, "GaussianMixture": {}}
+# Random draws (k-means|| rounds, samples, random starts) are keyed by the seed and the global row
+# index, so that a fit does not depend on the chunking; repeating rows shifts the indices and so
+# changes the draws. From the same explicit start, integer weights and repeated rows give the same
+# model (tests/test_sample_weight.py).
+REPEATED_ROWS_CHANGE_THE_DRAWS = "draws are keyed by row index: repeated rows draw other starts"
+ALLOWED_FAILURES: dict[str, dict[str, str]] = {
+    "KMeans": {"check_sample_weight_equivalence_on_dense_data": REPEATED_ROWS_CHANGE_THE_DRAWS},
+    "GaussianMixture": {"check_sample_weight_equivalence_on_dense_data": REPEATED_ROWS_CHANGE_THE_DRAWS},
+}
 # Checks scikit-learn skips on its own, with its reason.
 SKIPPED = {"check_array_api_input": "runs only with SCIPY_ARRAY_API=1"}
 

@@ -121,3 +121,31 @@ def check_fitted_arrays(estimator, shapes: dict[str, tuple[int, ...]]) -> None:
                              f"of shape {tuple(expected)}")
         if not np.all(np.isfinite(value)):
             raise ValueError(f"{name} holds NaN or infinite values")
+
+
+def check_sample_weight(sample_weight, X: da.Array, *, name: str = "sample_weight") -> tuple[da.Array | None, float]:
+    """Row weights for ``X`` (a NumPy or Dask array with one value per row, or one number for every
+    row) as a float64 Dask array chunked like the rows of ``X``, and their sum (the effective number
+    of rows, BIC's N). None: every row counts once. Negative, NaN, infinite, all-zero or misaligned
+    weights fail with one line naming ``name``; Dask weights are checked in one small compute."""
+    if sample_weight is None:
+        return None, float(X.shape[0])
+    weights = unlabelled(sample_weight)
+    if not isinstance(weights, da.Array):
+        weights = np.asarray(weights)
+        if not np.issubdtype(weights.dtype, np.number) or np.issubdtype(weights.dtype, np.complexfloating):
+            raise DataError(f"{name} must hold real numbers, got dtype {weights.dtype}")
+        if weights.ndim == 0:
+            weights = da.full(X.shape[0], float(weights), chunks=(X.chunks[0],))
+    if weights.ndim != 1 or weights.shape[0] != X.shape[0]:
+        raise DataError(f"{name} has shape {weights.shape} but X has {X.shape[0]} rows: give one weight per row "
+                        "(or one number for every row)")
+    weights = da.asarray(weights).astype(np.float64).rechunk((X.chunks[0],))
+    lowest, total = (float(v) for v in da.compute(weights.min(), weights.sum()))
+    if not np.isfinite(total):
+        raise DataError(f"{name} holds NaN or infinite values: give every row a finite weight")
+    if lowest < 0:
+        raise DataError(f"{name} must be non-negative, but its minimum is {lowest:g}: give every row a weight of 0 or more")
+    if total <= 0:
+        raise DataError(f"{name} is zero for every row: at least one row must have a positive weight")
+    return weights, total

@@ -37,8 +37,9 @@ class Family(Protocol):
     # ``lower_bound_``: the objective of the last E-step, before the final M-step.
     reports_objective_of_returned_params: bool
 
-    def chunk_stats(self, X: np.ndarray, params: Any) -> SuffStats:
-        """Sufficient statistics of one slab under ``params`` (runs on a worker)."""
+    def chunk_stats(self, X: np.ndarray, params: Any, weights: np.ndarray | None = None) -> SuffStats:
+        """Sufficient statistics of one slab under ``params``, its rows weighted by ``weights`` when
+        given (runs on a worker)."""
 
     def update(self, stats: SuffStats, params: Any) -> Any:
         """The M-step: new parameters from the statistics of an E-step at ``params``."""
@@ -59,11 +60,11 @@ class SlabPayload:
     check_finite: bool = False
 
 
-def candidate_stats(slab: np.ndarray, row_start: int, payload: SlabPayload) -> tuple[SuffStats, ...]:
+def candidate_stats(slab: np.ndarray, row_start: int, payload: SlabPayload, weights=None) -> tuple[SuffStats, ...]:
     """The E-step task: one slab read, then each candidate in turn, so memory holds one at a time."""
     if payload.check_finite:
         check_finite_block(slab, row_start)
-    return tuple(family.chunk_stats(slab, params) for family, params in zip(payload.families, payload.params))
+    return tuple(family.chunk_stats(slab, params, weights) for family, params in zip(payload.families, payload.params))
 
 
 @dataclass

@@ -45,13 +45,13 @@ class GaussianMixtureFamily:
     # Starting from centres takes one pass: the statistics of the rows nearest each centre.
     starts_from_center_stats = True
 
-    def chunk_stats(self, X: np.ndarray, params: GMMParams) -> SuffStats:
-        """E-step on one slab: statistics shifted by the current means."""
-        return mixture.gmm_chunk_stats(X, params, self.covariance)
+    def chunk_stats(self, X: np.ndarray, params: GMMParams, weights: np.ndarray | None = None) -> SuffStats:
+        """E-step on one slab (rows weighted by ``weights`` when given): statistics shifted by the current means."""
+        return mixture.gmm_chunk_stats(X, params, self.covariance, weights)
 
-    def center_stats(self, X: np.ndarray, centers: np.ndarray) -> SuffStats:
+    def center_stats(self, X: np.ndarray, centers: np.ndarray, weights: np.ndarray | None = None) -> SuffStats:
         """Statistics of one slab under nearest-centre assignments (to start from centres)."""
-        return nearest.hard_chunk_stats(X, centers, self.covariance)
+        return nearest.hard_chunk_stats(X, centers, self.covariance, weights)
 
     def from_centers(self, centers: np.ndarray, stats: SuffStats) -> GMMParams:
         """Initial parameters from the statistics of the rows nearest ``centers``."""
@@ -106,9 +106,9 @@ class KMeansFamily:
     # Centres are the parameters: starting from them needs no pass over the data.
     starts_from_center_stats = False
 
-    def chunk_stats(self, X: np.ndarray, params: KMeansParams) -> SuffStats:
-        """Assignment step on one slab: counts, sums around the current centres, inertia."""
-        return nearest.hard_chunk_stats(X, params.centers)
+    def chunk_stats(self, X: np.ndarray, params: KMeansParams, weights: np.ndarray | None = None) -> SuffStats:
+        """Assignment step on one slab (rows weighted when given): counts, sums around the centres, inertia."""
+        return nearest.hard_chunk_stats(X, params.centers, weights=weights)
 
     def from_centers(self, centers: np.ndarray, stats: SuffStats | None = None) -> KMeansParams:
         """The centres themselves."""

@@ -14,7 +14,7 @@ from sklearn.utils import check_random_state
 
 from daskem.engine.checkpoint import Checkpoint, identity_of_array
 from daskem.engine.em import EMResult, run_em
-from daskem.engine.reduction import counting_passes, step
+from daskem.engine.reduction import counting_passes, row_weights, step
 from daskem.models.initialization import Candidate, InitSpec, initial_params
 
 # The checkpoint stage that records the seed a fit drew when its random_state was not an int.
@@ -41,13 +41,15 @@ def fit_restarts(
     tol: float,
     run_id: str,
     checkpoint: Checkpoint | None = None,
+    weights: da.Array | None = None,
 ) -> FitOutcome:
     """EM results of every restart of every candidate, all advancing in the same passes over ``X``.
 
     ``labels`` name the candidates in the log ("K=4 full"); restarts add " restart r". With a
     ``checkpoint``, initialization and every EM iteration are saved and a saved state is resumed.
+    ``weights`` (checked, chunked like the rows) weigh the rows in every pass.
     """
-    with counting_passes() as passes:
+    with counting_passes() as passes, row_weights(X, weights):
         with step("init"):
             starts = initial_params(X, candidates, spec, name=f"{run_id}-init", checkpoint=checkpoint)
         families, initial, restart_labels, owners = [], [], [], []
@@ -89,6 +91,12 @@ def open_checkpoint(value, what: str, params: dict[str, Any], X: da.Array,
             check_random_state(random_state).randint(np.iinfo(np.int32).max))
         checkpoint.save(SEED_STAGE, int(seed))
     return checkpoint, replace(spec, random_state=int(seed))
+
+
+def weighted_params(estimator, weights, total: float) -> dict[str, Any]:
+    """The parameters that identify a fit in its checkpoint, with the sum of its row weights if any."""
+    params = estimator.get_params(deep=False)
+    return params if weights is None else {**params, "sample_weight_sum": total}
 
 
 def close_checkpoint(value, checkpoint: Checkpoint | None) -> None:

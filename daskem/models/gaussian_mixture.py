@@ -12,7 +12,7 @@ from sklearn.exceptions import ConvergenceWarning
 from sklearn.utils._param_validation import Interval
 from sklearn.utils.validation import check_is_fitted
 
-from daskem.data.checks import as_row_blocks, check_fitted_arrays
+from daskem.data.checks import as_row_blocks, check_fitted_arrays, check_sample_weight
 from daskem.engine.per_row import apply_rows
 from daskem.engine.reduction import new_run_id
 from daskem.kernels.covariance import get_covariance_type
@@ -27,6 +27,7 @@ from daskem.models.fitting import (
     close_checkpoint,
     fit_restarts,
     open_checkpoint,
+    weighted_params,
 )
 from daskem.models.initialization import Candidate, ExplicitStart, InitSpec
 from daskem.models.parameters import SHARED_PARAMETER_CONSTRAINTS, Choices
@@ -160,13 +161,17 @@ class GaussianMixture(DensityMixin, BaseEstimator):
         self.checkpoint = checkpoint
 
     # ------------------------------------------------------------------ fitting
-    def fit(self, X, y=None):
-        """Fit the mixture to ``X`` (NumPy or a Dask array chunked along rows)."""
+    def fit(self, X, y=None, sample_weight=None):
+        """Fit the mixture to ``X`` (NumPy or a Dask array chunked along rows); ``sample_weight`` (one
+        non-negative value per row, or one number) weighs the rows in every pass: an integer weight
+        fits the same model as the row repeated that many times."""
         X = as_row_blocks(X, min_rows=self.n_components)
+        weights, total = check_sample_weight(sample_weight, X)
         candidate, spec = mixture_start(self, X.shape[1])
-        checkpoint, spec = open_checkpoint(self.checkpoint, "GaussianMixture", self.get_params(deep=False), X, spec)
+        checkpoint, spec = open_checkpoint(self.checkpoint, "GaussianMixture", weighted_params(self, weights, total),
+                                           X, spec)
         outcome = fit_restarts(X, [candidate], spec, labels=["gmm"], max_iter=self.max_iter, tol=self.tol,
-                               run_id=new_run_id("gmm"), checkpoint=checkpoint)
+                               run_id=new_run_id("gmm"), checkpoint=checkpoint, weights=weights)
         set_fitted(self, best_restart(candidate, outcome.results[0]), X.shape[1])
         self.n_passes_ = sum(outcome.passes.values())
         close_checkpoint(self.checkpoint, checkpoint)
@@ -179,9 +184,9 @@ class GaussianMixture(DensityMixin, BaseEstimator):
             )
         return self
 
-    def fit_predict(self, X, y=None):
+    def fit_predict(self, X, y=None, sample_weight=None):
         """Fit, then label ``X`` with the fitted model (lazy for Dask input)."""
-        return self.fit(X).predict(X)
+        return self.fit(X, sample_weight=sample_weight).predict(X)
 
     def _family(self) -> GaussianMixtureFamily:
         return GaussianMixtureFamily(get_covariance_type(self.covariance_type), float(self.reg_covar))

@@ -12,7 +12,7 @@ from sklearn.exceptions import ConvergenceWarning
 from sklearn.utils._param_validation import Interval
 from sklearn.utils.validation import check_is_fitted
 
-from daskem.data.checks import as_row_blocks, check_fitted_arrays
+from daskem.data.checks import as_row_blocks, check_fitted_arrays, check_sample_weight
 from daskem.engine.per_row import apply_rows
 from daskem.engine.reduction import new_run_id
 from daskem.models.families import KMeansFamily, KMeansParams
@@ -21,6 +21,7 @@ from daskem.models.fitting import (
     close_checkpoint,
     fit_restarts,
     open_checkpoint,
+    weighted_params,
 )
 from daskem.models.initialization import Candidate, ExplicitStart, InitSpec
 from daskem.models.parameters import SHARED_PARAMETER_CONSTRAINTS, Choices
@@ -132,19 +133,21 @@ class KMeans(ClusterMixin, TransformerMixin, BaseEstimator):
         self.warm_start = warm_start
         self.checkpoint = checkpoint
 
-    def fit(self, X, y=None):
-        """Fit the centres to ``X`` (NumPy or a Dask array chunked along rows)."""
+    def fit(self, X, y=None, sample_weight=None):
+        """Fit the centres to ``X`` (NumPy or a Dask array chunked along rows); ``sample_weight`` (one
+        non-negative value per row, or one number) weighs the rows in every pass, as in scikit-learn."""
         self._validate_params()
         data, X = X, as_row_blocks(X, min_rows=self.n_clusters, what="n_clusters")
+        weights, total = check_sample_weight(sample_weight, X)
         warm = self.warm_start and hasattr(self, "cluster_centers_")
         explicit = self.cluster_centers_ if warm else (None if isinstance(self.init, str) else self.init)
         candidate = Candidate(KMeansFamily(), self.n_clusters,
                               ExplicitStart.of(self.n_clusters, X.shape[1], means=explicit, means_name="init"))
         spec = InitSpec(INIT_METHODS.get(self.init) if explicit is None else None, self.random_state, self.n_init,
                         self.init_sample_size, self.oversampling_factor, self.init_rounds, self.fan_in)
-        checkpoint, spec = open_checkpoint(self.checkpoint, "KMeans", self.get_params(deep=False), X, spec)
+        checkpoint, spec = open_checkpoint(self.checkpoint, "KMeans", weighted_params(self, weights, total), X, spec)
         outcome = fit_restarts(X, [candidate], spec, labels=["k-means"], max_iter=self.max_iter, tol=self.tol,
-                               run_id=new_run_id("kmeans"), checkpoint=checkpoint)
+                               run_id=new_run_id("kmeans"), checkpoint=checkpoint, weights=weights)
         best = best_restart(candidate, outcome.results[0])
         self.n_passes_ = sum(outcome.passes.values())
         self.cluster_centers_ = best.params.centers
@@ -164,9 +167,9 @@ class KMeans(ClusterMixin, TransformerMixin, BaseEstimator):
             )
         return self
 
-    def fit_predict(self, X, y=None):
+    def fit_predict(self, X, y=None, sample_weight=None):
         """Fit, then label ``X`` with the fitted centres (lazy for Dask input)."""
-        return self.fit(X).predict(X)
+        return self.fit(X, sample_weight=sample_weight).predict(X)
 
     def row_kernel(self):
         """A picklable ``kernel(rows, names) -> {name: array}`` for the per-row outputs ``labels``,
