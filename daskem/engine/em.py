@@ -50,6 +50,9 @@ class Family(Protocol):
     def has_converged(self, previous: float, current: float, tol: float) -> bool:
         """Whether the objective moved from ``previous`` to ``current`` by less than ``tol`` (by its rule)."""
 
+    # Optional: ``reseed(stats, params, done) -> (params, lines) | None``, the update with collapsed
+    # components re-seeded (``done`` re-seeds made so far), one log line each; None if none is.
+
 
 @dataclass(frozen=True)
 class SlabPayload:
@@ -77,6 +80,7 @@ class EMResult:
     seconds: list[float] = field(default_factory=list)
     n_iter: int = 0
     converged: bool = False
+    reseeded: int = 0  # collapsed components re-seeded (see the family's ``reseed``)
 
 
 def run_em(
@@ -144,7 +148,14 @@ def _iterate(X, families, results, active, iteration, labels, *, tol, fan_in, na
         result.objective = objective
         change = np.nan if previous is None else objective - previous
         result.converged = previous is not None and family.has_converged(previous, objective, tol)
-        if not (result.converged and family.reports_objective_of_returned_params):
+        reseeded = family.reseed(stats, result.params, result.reseeded) if hasattr(family, "reseed") else None
+        if reseeded is not None:  # collapsed components re-seeded: the fit goes on
+            result.params, lines = reseeded
+            result.reseeded += len(lines)
+            result.converged, result.n_iter = False, iteration
+            for line in lines:
+                logger.warning("%s iteration %d: %s", labels[index], iteration, line)
+        elif not (result.converged and family.reports_objective_of_returned_params):
             result.params = family.update(stats, result.params)
             result.n_iter = iteration
         logger.info("%s iteration %d: objective %.10g, change %+.3e, %.2f s",

@@ -18,6 +18,7 @@ from daskem.kernels import mixture, nearest
 from daskem.kernels.covariance import CovarianceType
 from daskem.kernels.params import GMMParams, KMeansParams
 from daskem.kernels.stats import SuffStats
+from daskem.models import reseeding
 
 __all__ = ["GMMParams", "GaussianMixtureFamily", "KMeansFamily", "KMeansParams", "information_criteria"]
 
@@ -69,6 +70,11 @@ class GaussianMixtureFamily:
         """The M-step after an E-step at ``params``."""
         return self.m_step(stats, params.means)
 
+    def reseed(self, stats: SuffStats, params: GMMParams, done: int):
+        """The M-step with collapsed components re-seeded, and a line per re-seed; None if none is
+        (see ``daskem.models.reseeding``)."""
+        return reseeding.reseed_mixture(self, stats, params, done)
+
     def objective(self, stats: SuffStats) -> float:
         """Mean log-likelihood per row."""
         return stats.objective / stats.n_samples
@@ -115,8 +121,13 @@ class KMeansFamily:
         return KMeansParams(np.asarray(centers, dtype=np.float64))
 
     def update(self, stats: SuffStats, params: KMeansParams) -> KMeansParams:
-        """Each centre moves to the mean of its rows; a centre that lost all rows stays where it was."""
+        """Each centre moves to the mean of its rows; a centre that lost all rows stays where it was
+        (``reseed`` moves it)."""
         return KMeansParams(params.centers + stats.mean_offsets)
+
+    def reseed(self, stats: SuffStats, params: KMeansParams, done: int):
+        """Lloyd's update with empty clusters re-seeded, and a line per re-seed; None if none is."""
+        return reseeding.reseed_kmeans(self, stats, params, done)
 
     def objective(self, stats: SuffStats) -> float:
         """The inertia: summed squared distance of each row to its nearest centre."""

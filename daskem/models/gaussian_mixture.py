@@ -107,6 +107,9 @@ class GaussianMixture(DensityMixin, BaseEstimator):
         (daskem) Wall-clock seconds of every iteration.
     n_passes_ : int
         (daskem) Reads of the data by the fit, initialization included.
+    n_reseeded_ : int
+        (daskem) Components re-seeded during EM because their effective number of rows fell below
+        n_features + 1 (see :mod:`daskem.models.reseeding`), each with a warning line.
     n_features_in_ : int
     """
 
@@ -286,6 +289,7 @@ def set_fitted(estimator: GaussianMixture, result, n_features: int) -> None:
     estimator.n_features_in_ = n_features
     estimator.converged_ = result.converged
     estimator.n_iter_ = result.n_iter
+    estimator.n_reseeded_ = result.reseeded
     estimator.lower_bound_ = result.objective
     estimator.lower_bounds_ = list(result.history)
     estimator.history_ = list(result.history)

@@ -89,6 +89,8 @@ class KMeans(ClusterMixin, TransformerMixin, BaseEstimator):
         (daskem) Wall-clock seconds of every iteration.
     n_passes_ : int
         (daskem) Reads of the data by the fit, initialization included.
+    n_reseeded_ : int
+        (daskem) Empty clusters re-seeded by splitting the largest one, each with a warning line.
     labels_ : ndarray or dask array of shape (n_samples,)
         Nearest centre of each row of the fitted data; for Dask input a lazy array (as in dask-ml),
         computed only when asked for (one more read of the data).
@@ -154,6 +156,7 @@ class KMeans(ClusterMixin, TransformerMixin, BaseEstimator):
         self.inertia_ = float(best.objective)
         self.n_iter_ = best.n_iter
         self.converged_ = best.converged
+        self.n_reseeded_ = best.reseeded
         self.history_ = list(best.history)
         self.iteration_seconds_ = list(best.seconds)
         self.n_features_in_ = X.shape[1]

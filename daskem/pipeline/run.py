@@ -311,6 +311,7 @@ def fit_summary(estimator) -> dict[str, Any]:
         "estimator": type(estimator).__name__,
         "n_iter": int(estimator.n_iter_),
         "converged": bool(estimator.converged_),
+        "reseeded": int(getattr(estimator, "n_reseeded_", 0)),
         "objective": "mean log-likelihood per row" if is_gmm else "inertia",
         "final_objective": float(estimator.lower_bound_ if is_gmm else estimator.inertia_),
         "history": [float(v) for v in estimator.history_],
