@@ -123,13 +123,12 @@ def check_fitted_arrays(estimator, shapes: dict[str, tuple[int, ...]]) -> None:
             raise ValueError(f"{name} holds NaN or infinite values")
 
 
-def check_sample_weight(sample_weight, X: da.Array, *, name: str = "sample_weight") -> tuple[da.Array | None, float]:
+def sample_weight_blocks(sample_weight, X: da.Array, *, name: str = "sample_weight") -> da.Array | None:
     """Row weights for ``X`` (a NumPy or Dask array with one value per row, or one number for every
-    row) as a float64 Dask array chunked like the rows of ``X``, and their sum (the effective number
-    of rows, BIC's N). None: every row counts once. Negative, NaN, infinite, all-zero or misaligned
-    weights fail with one line naming ``name``; Dask weights are checked in one small compute."""
+    row) as a lazy float64 Dask array chunked like the rows of ``X``; None: every row counts once.
+    Their values are checked by :func:`check_weight_values` once their minimum and sum are known."""
     if sample_weight is None:
-        return None, float(X.shape[0])
+        return None
     weights = unlabelled(sample_weight)
     if not isinstance(weights, da.Array):
         weights = np.asarray(weights)
@@ -140,12 +139,15 @@ def check_sample_weight(sample_weight, X: da.Array, *, name: str = "sample_weigh
     if weights.ndim != 1 or weights.shape[0] != X.shape[0]:
         raise DataError(f"{name} has shape {weights.shape} but X has {X.shape[0]} rows: give one weight per row "
                         "(or one number for every row)")
-    weights = da.asarray(weights).astype(np.float64).rechunk((X.chunks[0],))
-    lowest, total = (float(v) for v in da.compute(weights.min(), weights.sum()))
+    return da.asarray(weights).astype(np.float64).rechunk((X.chunks[0],))
+
+
+def check_weight_values(lowest: float, total: float, *, name: str = "sample_weight") -> None:
+    """Row weights with this minimum and sum are usable: finite, non-negative, not all zero."""
     if not np.isfinite(total):
         raise DataError(f"{name} holds NaN or infinite values: give every row a finite weight")
     if lowest < 0:
-        raise DataError(f"{name} must be non-negative, but its minimum is {lowest:g}: give every row a weight of 0 or more")
+        raise DataError(f"{name} must be non-negative, but its minimum is {lowest:g}: give every row a weight of 0 "
+                        "or more")
     if total <= 0:
         raise DataError(f"{name} is zero for every row: at least one row must have a positive weight")
-    return weights, total

@@ -12,7 +12,7 @@ from sklearn.exceptions import ConvergenceWarning
 from sklearn.utils._param_validation import Interval
 from sklearn.utils.validation import check_is_fitted
 
-from daskem.data.checks import as_row_blocks, check_fitted_arrays, check_sample_weight
+from daskem.data.checks import as_row_blocks, check_fitted_arrays
 from daskem.engine.per_row import apply_rows
 from daskem.engine.reduction import new_run_id
 from daskem.kernels.covariance import get_covariance_type
@@ -25,6 +25,7 @@ from daskem.models.families import (
 from daskem.models.fitting import (
     best_restart,
     close_checkpoint,
+    checked_weights,
     fit_restarts,
     open_checkpoint,
     weighted_params,
@@ -169,7 +170,7 @@ class GaussianMixture(DensityMixin, BaseEstimator):
         non-negative value per row, or one number) weighs the rows in every pass: an integer weight
         fits the same model as the row repeated that many times."""
         X = as_row_blocks(X, min_rows=self.n_components)
-        weights, total = check_sample_weight(sample_weight, X)
+        weights, total = checked_weights(sample_weight, X)
         candidate, spec = mixture_start(self, X.shape[1])
         checkpoint, spec = open_checkpoint(self.checkpoint, "GaussianMixture", weighted_params(self, weights, total),
                                            X, spec)

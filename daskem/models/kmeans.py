@@ -12,13 +12,14 @@ from sklearn.exceptions import ConvergenceWarning
 from sklearn.utils._param_validation import Interval
 from sklearn.utils.validation import check_is_fitted
 
-from daskem.data.checks import as_row_blocks, check_fitted_arrays, check_sample_weight
+from daskem.data.checks import as_row_blocks, check_fitted_arrays
 from daskem.engine.per_row import apply_rows
 from daskem.engine.reduction import new_run_id
 from daskem.models.families import KMeansFamily, KMeansParams
 from daskem.models.fitting import (
     best_restart,
     close_checkpoint,
+    checked_weights,
     fit_restarts,
     open_checkpoint,
     weighted_params,
@@ -140,7 +141,7 @@ class KMeans(ClusterMixin, TransformerMixin, BaseEstimator):
         non-negative value per row, or one number) weighs the rows in every pass, as in scikit-learn."""
         self._validate_params()
         data, X = X, as_row_blocks(X, min_rows=self.n_clusters, what="n_clusters")
-        weights, total = check_sample_weight(sample_weight, X)
+        weights, total = checked_weights(sample_weight, X)
         warm = self.warm_start and hasattr(self, "cluster_centers_")
         explicit = self.cluster_centers_ if warm else (None if isinstance(self.init, str) else self.init)
         candidate = Candidate(KMeansFamily(), self.n_clusters,

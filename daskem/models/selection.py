@@ -13,11 +13,11 @@ import logging
 from dataclasses import asdict, dataclass
 from typing import Sequence
 
-from daskem.data.checks import as_row_blocks, check_sample_weight
+from daskem.data.checks import as_row_blocks
 from daskem.engine.em import em_pass
 from daskem.engine.reduction import counting_passes, new_run_id, row_weights, step
 from daskem.models.families import information_criteria
-from daskem.models.fitting import close_checkpoint, fit_restarts, open_checkpoint
+from daskem.models.fitting import checked_weights, close_checkpoint, fit_restarts, open_checkpoint
 from daskem.models.gaussian_mixture import GaussianMixture, mixture_start, set_fitted
 
 logger = logging.getLogger("daskem")
@@ -82,7 +82,7 @@ def fit_candidates(
     if not n_components or not covariance_types:
         raise ValueError("give at least one value of n_components and one covariance type")
     X = as_row_blocks(X, min_rows=max(n_components))
-    weights, n_rows = check_sample_weight(sample_weight, X)
+    weights, n_rows = checked_weights(sample_weight, X)
     estimators = [GaussianMixture(k, covariance_type=covariance_type, n_init=n_init, **params)
                   for k in n_components for covariance_type in covariance_types]
     starts = [mixture_start(estimator, X.shape[1]) for estimator in estimators]

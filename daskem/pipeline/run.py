@@ -21,10 +21,11 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Iterator
 
-from daskem.data.checks import check_enough_rows, check_sample_weight
+from daskem.data.checks import check_enough_rows
 from daskem.data.stores import DataSource, check_chunks, open_data, open_weights, redacted
 from daskem.engine.reduction import DEFAULT_FAN_IN, counting_passes, step
 from daskem.errors import ConfigError, DaskemUserError, DataError, OutputError
+from daskem.models.fitting import checked_weights
 from daskem.models.preprocessing import PreprocessedModel, check_pca_width
 from daskem.outputs.model_files import load_model, save_model
 from daskem.outputs.predictions import prediction_bytes, write_predictions
@@ -190,7 +191,7 @@ def _fit_configured(config, X, source, checkpoint, client, timings: dict[str, fl
         features = prep.transform(X)
         timings["preprocess"] = time.perf_counter() - t
     features = maybe_cache(features, config.data.cache, client)
-    weights, _ = check_sample_weight(open_weights(config.data, features), features,
+    weights, _ = checked_weights(open_weights(config.data, features), features,
                                      name=f"data.weights ({config.data.weights})")
     t = time.perf_counter()
     candidates = None
