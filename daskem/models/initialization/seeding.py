@@ -66,7 +66,7 @@ def _slab_sample(slab: np.ndarray, row_start: int, request: SampleRequest, weigh
     for seed in request.seeds:
         priorities = row_uniforms(seed, SAMPLE_STREAM, row_start, slab.shape[0])[:, 0]
         if weights is not None:
-            with np.errstate(divide="ignore"):
+            with np.errstate(divide="ignore", invalid="ignore"):  # a zero weight: inf (or NaN), never drawn
                 priorities = -np.log1p(-priorities) / np.asarray(weights, dtype=np.float64)
         keep = _smallest(priorities, request.size)
         keep = keep[np.isfinite(priorities[keep])]  # rows of zero weight are never drawn
