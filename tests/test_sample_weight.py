@@ -132,3 +132,16 @@ def test_config_data_weights_fits_as_the_api_and_bad_weights_exit_2(tmp_path, ru
     assert done.returncode == 2, done.stderr
     assert "data.weights (w) must be non-negative, but its minimum is -1" in done.stderr.splitlines()[-1]
     assert not (tmp_path / "bad-out").exists()
+
+
+def test_a_weights_chunk_missing_from_the_store_is_refused_like_a_rows_chunk(tmp_path, blobs):
+    from daskem.data.stores import check_chunks
+    from daskem.pipeline.config import DataConfig
+
+    X, weights, _ = blobs
+    gappy = weights.astype(np.float64)
+    gappy[50:100] = 0.0  # an all-zero chunk, which Zarr leaves out of the store
+    store = weighted_store(tmp_path / "data.zarr", X, gappy)
+    with pytest.raises(DataError, match=r"array 'w': chunk c/1 \(index \(1,\), rows 50-99\) is missing"):
+        check_chunks(DataConfig(path=str(store), array="X", weights="w"))
+    check_chunks(DataConfig(path=str(store), array="X"))  # the rows alone are whole
