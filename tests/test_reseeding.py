@@ -61,3 +61,15 @@ def test_reseeding_stops_after_one_per_component_when_the_data_has_fewer_groups(
     X[:, 1] = 0.0  # rows on a line: extra components keep collapsing
     fitted = daskem.GaussianMixture(8, covariance_type="diag", reg_covar=1e-3, max_iter=60, random_state=0).fit(X)
     assert fitted.n_reseeded_ <= 8
+
+
+def test_copy_component_gives_the_target_the_sources_covariance_or_keeps_a_shared_one(cov):
+    shape = cov.covariances_shape(3, 2)
+    covariances = np.arange(1.0, 1.0 + np.prod(shape)).reshape(shape)
+    copied = cov.copy_component(covariances, source=0, target=2)
+    if shape == cov.covariances_shape(1, 2):  # one covariance shared by every component
+        np.testing.assert_array_equal(copied, covariances)
+    else:
+        np.testing.assert_array_equal(copied[2], covariances[0])
+        np.testing.assert_array_equal(copied[:2], covariances[:2])
+    assert copied is not covariances
