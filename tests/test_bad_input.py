@@ -99,7 +99,7 @@ def test_kmeans_initial_centres_of_the_wrong_shape(X):
 
 def test_predicting_with_other_features_is_refused(X):
     fitted = daskem.KMeans(2, random_state=0).fit(X)
-    with pytest.raises(ValueError, match="X has 4 features, but the model was fitted on 3"):
+    with pytest.raises(ValueError, match="X has 4 features, but KMeans is expecting 3 features as input"):
         fitted.predict(np.zeros((5, 4)))
 
 
@@ -119,7 +119,7 @@ USER_ERRORS = [
     (_nan_row, DataError, "NaN or infinite values"),
     (lambda X: daskem.GaussianMixture(201).fit(X), DataError, "X has 200 rows but n_components=201"),
     (lambda X: daskem.KMeans(2).fit(X[:, 0]), DataError, "X must be 2-D"),
-    (lambda X: daskem.KMeans(2, random_state=0).fit(X).predict(X[:, :2]), DataError, "fitted on 3"),
+    (lambda X: daskem.KMeans(2, random_state=0).fit(X).predict(X[:, :2]), DataError, "KMeans is expecting 3 features"),
     (lambda X: daskem.KMeans(2, init=np.zeros((2, 2))).fit(X), FitError, "init has shape"),
     (lambda X: daskem.GaussianMixture(2, weights_init=[0.7, 0.7]).fit(X), FitError, "must sum to 1"),
     (lambda X: daskem.GaussianMixture(2, precisions_init=-np.ones((2, 3, 3))).fit(X), FitError, "precisions_init is"),

@@ -20,7 +20,7 @@ from daskem.outputs.model_files import load_model
 from daskem.outputs.records import output_format
 
 N_ROWS, N_FEATURES, K = 6000, 3, 4
-RUN_JSON_KEYS = {"complete", "config", "versions", "data", "cluster", "n_iter", "converged", "history",
+RUN_JSON_KEYS = {"complete", "reseeded", "config", "versions", "data", "cluster", "n_iter", "converged", "history",
                  "objective", "final_objective", "timings", "outputs", "started_at", "finished_at"}
 
 

@@ -119,10 +119,36 @@ def open_array(
     return source, x
 
 
+def open_weights(data_config, X: da.Array) -> da.Array | None:
+    """The row weights ``data.weights`` names (an array in the same group as the rows), lazily, chunked
+    like the rows of ``X``; None when not set. Their values are checked when the fit starts."""
+    if getattr(data_config, "weights", None) is None:
+        return None
+    if not data_config.array:
+        raise DataError(f"{data_config.path}: data.weights needs the rows and the weights as two arrays of one "
+                        "group: set data.array to the rows' array")
+    node = open_zarr_array(data_config.path, array=data_config.weights, storage_options=data_config.storage_options)
+    where = describe(data_config.path, data_config.weights)
+    if node.ndim != 1 or node.shape[0] != X.shape[0]:
+        raise DataError(f"{where}: data.weights has shape {node.shape} but the rows are {X.shape[0]}: write one "
+                        "weight per row, a 1-D array")
+    _working_dtype(np.dtype(node.dtype), where)
+    reader = SlabReader(node, where)
+    return da.from_array(reader, chunks=(X.chunks[0],), name=f"read-zarr-{tokenize(reader)}", fancy=False,
+                         asarray=False, meta=np.empty((0,), dtype=node.dtype)).astype(np.float64)
+
+
 def check_chunks(data_config) -> None:
     """Refuse (``DataError``) an array with a chunk or shard missing from its store, which Zarr would read
-    as the fill value; with ``data.allow_missing_chunks`` log a warning instead. One listing of the store."""
-    node = open_zarr_array(data_config.path, array=data_config.array, storage_options=data_config.storage_options)
+    as the fill value; with ``data.allow_missing_chunks`` log a warning instead. One listing of the store
+    per array (the rows, and the weights when ``data.weights`` is set)."""
+    weights = getattr(data_config, "weights", None)
+    for array in [data_config.array, *([weights] if weights else [])]:
+        _check_array_chunks(data_config, array)
+
+
+def _check_array_chunks(data_config, array: str | None) -> None:
+    node = open_zarr_array(data_config.path, array=array, storage_options=data_config.storage_options)
     fs, root = store_filesystem(data_config.path, data_config.storage_options)
     prefix = "/".join(part for part in (root.rstrip("/"), node.path) if part)
     try:
@@ -135,7 +161,7 @@ def check_chunks(data_config) -> None:
     missing = missing_chunks(node, listed, fs._strip_protocol(prefix))
     if not missing:
         return
-    where = describe(data_config.path, data_config.array)
+    where = describe(data_config.path, array)
     if not data_config.allow_missing_chunks:
         raise DataError(missing_chunks_message(node, where, missing))
     logger.warning("data.allow_missing_chunks: %d chunk(s) missing from %s are read as the fill value %s, "

@@ -37,8 +37,9 @@ class Family(Protocol):
     # ``lower_bound_``: the objective of the last E-step, before the final M-step.
     reports_objective_of_returned_params: bool
 
-    def chunk_stats(self, X: np.ndarray, params: Any) -> SuffStats:
-        """Sufficient statistics of one slab under ``params`` (runs on a worker)."""
+    def chunk_stats(self, X: np.ndarray, params: Any, weights: np.ndarray | None = None) -> SuffStats:
+        """Sufficient statistics of one slab under ``params``, its rows weighted by ``weights`` when
+        given (runs on a worker)."""
 
     def update(self, stats: SuffStats, params: Any) -> Any:
         """The M-step: new parameters from the statistics of an E-step at ``params``."""
@@ -48,6 +49,9 @@ class Family(Protocol):
 
     def has_converged(self, previous: float, current: float, tol: float) -> bool:
         """Whether the objective moved from ``previous`` to ``current`` by less than ``tol`` (by its rule)."""
+
+    # Optional: ``reseed(stats, params, done) -> (params, lines) | None``, the update with collapsed
+    # components re-seeded (``done`` re-seeds made so far), one log line each; None if none is.
 
 
 @dataclass(frozen=True)
@@ -59,11 +63,11 @@ class SlabPayload:
     check_finite: bool = False
 
 
-def candidate_stats(slab: np.ndarray, row_start: int, payload: SlabPayload) -> tuple[SuffStats, ...]:
+def candidate_stats(slab: np.ndarray, row_start: int, payload: SlabPayload, weights=None) -> tuple[SuffStats, ...]:
     """The E-step task: one slab read, then each candidate in turn, so memory holds one at a time."""
     if payload.check_finite:
         check_finite_block(slab, row_start)
-    return tuple(family.chunk_stats(slab, params) for family, params in zip(payload.families, payload.params))
+    return tuple(family.chunk_stats(slab, params, weights) for family, params in zip(payload.families, payload.params))
 
 
 @dataclass
@@ -76,6 +80,7 @@ class EMResult:
     seconds: list[float] = field(default_factory=list)
     n_iter: int = 0
     converged: bool = False
+    reseeded: int = 0  # collapsed components re-seeded (see the family's ``reseed``)
 
 
 def run_em(
@@ -143,7 +148,14 @@ def _iterate(X, families, results, active, iteration, labels, *, tol, fan_in, na
         result.objective = objective
         change = np.nan if previous is None else objective - previous
         result.converged = previous is not None and family.has_converged(previous, objective, tol)
-        if not (result.converged and family.reports_objective_of_returned_params):
+        reseeded = family.reseed(stats, result.params, result.reseeded) if hasattr(family, "reseed") else None
+        if reseeded is not None:  # collapsed components re-seeded: the fit goes on
+            result.params, lines = reseeded
+            result.reseeded += len(lines)
+            result.converged, result.n_iter = False, iteration
+            for line in lines:
+                logger.warning("%s iteration %d: %s", labels[index], iteration, line)
+        elif not (result.converged and family.reports_objective_of_returned_params):
             result.params = family.update(stats, result.params)
             result.n_iter = iteration
         logger.info("%s iteration %d: objective %.10g, change %+.3e, %.2f s",

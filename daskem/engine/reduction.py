@@ -27,6 +27,8 @@ DEFAULT_FAN_IN = 8
 # Passes over the data (calls of ``map_reduce``) counted by step, while ``counting_passes`` is active.
 _pass_counts: ContextVar[Counter | None] = ContextVar("daskem_pass_counts", default=None)
 _current_step: ContextVar[str] = ContextVar("daskem_step", default="other")
+# The row weights of one array (its name, the weights chunked like its rows), while ``row_weights`` is active.
+_row_weights: ContextVar[tuple[str, da.Array] | None] = ContextVar("daskem_row_weights", default=None)
 # What computes a pass: dask.compute unless ``passes_run_by`` says otherwise (a watched cluster).
 _runner: ContextVar[Callable[[list], list] | None] = ContextVar("daskem_pass_runner", default=None)
 
@@ -53,16 +55,21 @@ def reduction_graph(
     """The lazy tree ``combine(... kernel(slab, row_start, payload) ...)`` over the slabs of ``X``.
 
     ``payload`` appears once in the graph (key ``{name}-payload``) and every task refers to it by
-    key; ``combine`` merges a list of at most ``fan_in`` partial results.
+    key; ``combine`` merges a list of at most ``fan_in`` partial results. Inside ``row_weights(X, w)``
+    each task also gets the slab's weights: ``kernel(slab, row_start, payload, weights)``.
     """
     if fan_in < 2:  # not a user check (the estimators validate fan_in): with 1 the loop below never ends
         raise ValueError(f"fan_in must be at least 2 to reduce in a tree, got {fan_in}")
     payload_node = dask.delayed(payload, name=f"{name}-payload", traverse=False)
     apply_kernel = dask.delayed(kernel, pure=True)
     slabs = X.to_delayed(optimize_graph=False).ravel()
+    weighted = _row_weights.get()
+    weights = [()] * len(slabs)
+    if weighted is not None and weighted[0] == X.name:
+        weights = [(block,) for block in weighted[1].to_delayed(optimize_graph=False).ravel()]
     level = [
-        apply_kernel(slab, row_start, payload_node, dask_key_name=(f"{name}-map", index))
-        for index, (slab, row_start) in enumerate(zip(slabs, slab_row_starts(X)))
+        apply_kernel(slab, row_start, payload_node, *weight, dask_key_name=(f"{name}-map", index))
+        for index, (slab, row_start, weight) in enumerate(zip(slabs, slab_row_starts(X), weights, strict=True))
     ]
     merge = dask.delayed(combine, pure=True)
     depth = 0
@@ -117,6 +124,21 @@ def passes_run_by(runner: Callable[[list], list]) -> Iterator[None]:
         yield
     finally:
         _runner.reset(token)
+
+
+@contextmanager
+def row_weights(X: da.Array, weights: da.Array | None) -> Iterator[None]:
+    """Every pass over ``X`` made inside the block gives its kernels the weights of the slab's rows
+    too (``weights`` is chunked like the rows of ``X``; None: no weights, every row counts once).
+    The fit skeleton sets it once, so every pass of a weighted fit (initialization, EM, scoring) is
+    weighted without each step passing the weights along."""
+    if weights is not None and weights.chunks[0] != X.chunks[0]:
+        raise ValueError("the row weights must be chunked like the rows of X")  # not a user check: rechunked before
+    token = _row_weights.set(None if weights is None else (X.name, weights))
+    try:
+        yield
+    finally:
+        _row_weights.reset(token)
 
 
 @contextmanager

@@ -55,8 +55,9 @@ class PreparedMixture:
         return log_norm, weighted
 
 
-def gmm_chunk_stats(X: np.ndarray, params: GMMParams, cov: CovarianceType) -> SuffStats:
-    """E-step and sufficient statistics of one slab, shifted by the current means.
+def gmm_chunk_stats(X: np.ndarray, params: GMMParams, cov: CovarianceType, weights: np.ndarray | None = None) -> SuffStats:
+    """E-step and sufficient statistics of one slab, shifted by the current means; each row counts
+    ``weights[i]`` times when weights are given (an integer weight is the row repeated).
 
     Rows are centred at the mean of the means; the sums ``a_k = sum_i r_ik y_i`` then give
     ``s1 = a_k - n_k d_k`` without the cancellation of ``resp.T @ X - n_k mu_k`` on offset data.
@@ -64,31 +65,45 @@ def gmm_chunk_stats(X: np.ndarray, params: GMMParams, cov: CovarianceType) -> Su
     mixture = PreparedMixture.of(params, cov)
     n_components, n_features = mixture.centred_means.shape
     total = SuffStats.zeros(n_components, n_features, cov.s2_shape(n_components, n_features))
-    for _, rows in tiles(X, mixture.reference):
+    for start, rows in tiles(X, mixture.reference):
         log_norm, log_resp = mixture.log_responsibilities(rows)
         resp = np.exp(log_resp, out=log_resp)
-        total = total + weighted_stats(rows, resp, mixture.centred_means, float(log_norm.sum()), cov)
+        total = total + weighted_stats(rows, resp, mixture.centred_means, log_norm, cov, tile_weights(weights, start, rows))
     return total
 
 
-def weighted_stats(rows: CentredRows, resp, centred_shift, objective: float, cov) -> SuffStats:
-    """Statistics of one tile under responsibilities ``resp``, shifted by ``centred_shift``; no
-    second moments when ``cov`` is None (k-means)."""
+def tile_weights(weights: np.ndarray | None, start: int, rows: CentredRows) -> np.ndarray | None:
+    """The float64 weights of the tile of ``rows`` starting at ``start`` of the slab, or None."""
+    return None if weights is None else np.asarray(weights[start : start + rows.n_rows], dtype=np.float64)
+
+
+def weighted_stats(rows: CentredRows, resp, centred_shift, per_row_objective, cov,
+                   weights: np.ndarray | None = None) -> SuffStats:
+    """Statistics of one tile under responsibilities ``resp`` (scaled in place by the row ``weights``
+    when given), shifted by ``centred_shift``; the objective sums ``per_row_objective`` (n,) with the
+    same weights; no second moments when ``cov`` is None (k-means)."""
+    if weights is None:
+        n_samples, objective = rows.n_rows, float(np.sum(per_row_objective))
+    else:
+        resp *= weights[:, None]
+        n_samples, objective = float(weights.sum()), float(np.dot(per_row_objective, weights))
     nk = resp.sum(axis=0)
     sums = resp.T @ rows.values
     s2 = None if cov is None else cov.second_moments(rows, resp, centred_shift, sums)
-    return SuffStats(rows.n_rows, objective, nk, sums - nk[:, None] * centred_shift, s2)
+    return SuffStats(n_samples, objective, nk, sums - nk[:, None] * centred_shift, s2)
 
 
-def resp_chunk_stats(X: np.ndarray, resp: np.ndarray, shift: np.ndarray, cov: CovarianceType) -> SuffStats:
+def resp_chunk_stats(X: np.ndarray, resp: np.ndarray, shift: np.ndarray, cov: CovarianceType,
+                     weights: np.ndarray | None = None) -> SuffStats:
     """Statistics of one slab under given responsibilities (n, K), shifted by ``shift`` (K, D)."""
     shift = np.asarray(shift, dtype=np.float64)
     reference = shift.mean(axis=0)
     n_components, n_features = shift.shape
     total = SuffStats.zeros(n_components, n_features, cov.s2_shape(n_components, n_features))
     for start, rows in tiles(X, reference):
-        tile_resp = np.asarray(resp[start : start + rows.n_rows], dtype=np.float64)
-        total = total + weighted_stats(rows, tile_resp, shift - reference, 0.0, cov)
+        tile_resp = np.array(resp[start : start + rows.n_rows], dtype=np.float64)
+        total = total + weighted_stats(rows, tile_resp, shift - reference, np.zeros(rows.n_rows), cov,
+                                       tile_weights(weights, start, rows))
     return total
 
 

@@ -14,7 +14,7 @@ from typing import Iterator
 import numpy as np
 
 from daskem.kernels.covariance.base import CovarianceType
-from daskem.kernels.mixture import weighted_stats
+from daskem.kernels.mixture import tile_weights, weighted_stats
 from daskem.kernels.stats import SuffStats
 from daskem.kernels.tiles import CentredRows, tile_rows, tiles
 
@@ -67,22 +67,24 @@ def nearest_center(X: np.ndarray, centers: np.ndarray) -> tuple[np.ndarray, np.n
     return labels, squared
 
 
-def hard_chunk_stats(X: np.ndarray, centers: np.ndarray, cov: CovarianceType | None = None) -> SuffStats:
+def hard_chunk_stats(X: np.ndarray, centers: np.ndarray, cov: CovarianceType | None = None,
+                     weights: np.ndarray | None = None) -> SuffStats:
     """k-means statistics of one slab: one-hot nearest-centre responsibilities, shifted by ``centers``.
 
     The objective is the inertia; ``s2`` is filled only when ``cov`` is given (to start a GMM from
-    k-means labels). Counts and sums come from one product with the one-hot assignments.
+    k-means labels). Counts and sums come from one product with the one-hot assignments, scaled by
+    the row ``weights`` when given (an integer weight is the row repeated).
     """
     prepared = PreparedCenters.of(centers)
     n_components, n_features = prepared.centred.shape
     components = np.arange(n_components)
     total = SuffStats.zeros(n_components, n_features, None if cov is None else cov.s2_shape(n_components, n_features))
-    for _, rows, labels, distances in prepared.tiles(X):
+    for start, rows, labels, distances in prepared.tiles(X):
         nearest = distances[np.arange(rows.n_rows), labels] + rows.norms
         one_hot = rows.take("one_hot", (rows.n_rows, n_components))
         np.equal(labels[:, None], components, out=one_hot, casting="unsafe")
-        inertia = float(np.maximum(nearest, 0.0).sum())
-        total = total + weighted_stats(rows, one_hot, prepared.centred, inertia, cov)
+        total = total + weighted_stats(rows, one_hot, prepared.centred, np.maximum(nearest, 0.0), cov,
+                                       tile_weights(weights, start, rows))
     return total
 
 

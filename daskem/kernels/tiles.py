@@ -134,7 +134,11 @@ def unpack_symmetric(packed: np.ndarray, n_features: int) -> np.ndarray:
 
 def check_finite_block(block: np.ndarray, row_start: int) -> None:
     """Raise a ``DataError`` naming the first row holding NaN or infinity, and the fix (raised in a
-    worker's task, it reaches the client with its class)."""
+    worker's task, it reaches the client with its class). Clean slabs are checked tile by tile, so no
+    temporary grows with the slab."""
+    step = tile_rows(block.shape[1] if block.ndim == 2 else 1)
+    if all(np.isfinite(block[start : start + step]).all() for start in range(0, block.shape[0], step)):
+        return
     finite_rows = np.isfinite(block).all(axis=1)
     if not finite_rows.all():
         bad = np.flatnonzero(~finite_rows)

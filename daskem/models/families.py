@@ -18,6 +18,7 @@ from daskem.kernels import mixture, nearest
 from daskem.kernels.covariance import CovarianceType
 from daskem.kernels.params import GMMParams, KMeansParams
 from daskem.kernels.stats import SuffStats
+from daskem.models import reseeding
 
 __all__ = ["GMMParams", "GaussianMixtureFamily", "KMeansFamily", "KMeansParams", "information_criteria"]
 
@@ -45,13 +46,13 @@ class GaussianMixtureFamily:
     # Starting from centres takes one pass: the statistics of the rows nearest each centre.
     starts_from_center_stats = True
 
-    def chunk_stats(self, X: np.ndarray, params: GMMParams) -> SuffStats:
-        """E-step on one slab: statistics shifted by the current means."""
-        return mixture.gmm_chunk_stats(X, params, self.covariance)
+    def chunk_stats(self, X: np.ndarray, params: GMMParams, weights: np.ndarray | None = None) -> SuffStats:
+        """E-step on one slab (rows weighted by ``weights`` when given): statistics shifted by the current means."""
+        return mixture.gmm_chunk_stats(X, params, self.covariance, weights)
 
-    def center_stats(self, X: np.ndarray, centers: np.ndarray) -> SuffStats:
+    def center_stats(self, X: np.ndarray, centers: np.ndarray, weights: np.ndarray | None = None) -> SuffStats:
         """Statistics of one slab under nearest-centre assignments (to start from centres)."""
-        return nearest.hard_chunk_stats(X, centers, self.covariance)
+        return nearest.hard_chunk_stats(X, centers, self.covariance, weights)
 
     def from_centers(self, centers: np.ndarray, stats: SuffStats) -> GMMParams:
         """Initial parameters from the statistics of the rows nearest ``centers``."""
@@ -68,6 +69,11 @@ class GaussianMixtureFamily:
     def update(self, stats: SuffStats, params: GMMParams) -> GMMParams:
         """The M-step after an E-step at ``params``."""
         return self.m_step(stats, params.means)
+
+    def reseed(self, stats: SuffStats, params: GMMParams, done: int):
+        """The M-step with collapsed components re-seeded, and a line per re-seed; None if none is
+        (see ``daskem.models.reseeding``)."""
+        return reseeding.reseed_mixture(self, stats, params, done)
 
     def objective(self, stats: SuffStats) -> float:
         """Mean log-likelihood per row."""
@@ -106,17 +112,22 @@ class KMeansFamily:
     # Centres are the parameters: starting from them needs no pass over the data.
     starts_from_center_stats = False
 
-    def chunk_stats(self, X: np.ndarray, params: KMeansParams) -> SuffStats:
-        """Assignment step on one slab: counts, sums around the current centres, inertia."""
-        return nearest.hard_chunk_stats(X, params.centers)
+    def chunk_stats(self, X: np.ndarray, params: KMeansParams, weights: np.ndarray | None = None) -> SuffStats:
+        """Assignment step on one slab (rows weighted when given): counts, sums around the centres, inertia."""
+        return nearest.hard_chunk_stats(X, params.centers, weights=weights)
 
     def from_centers(self, centers: np.ndarray, stats: SuffStats | None = None) -> KMeansParams:
         """The centres themselves."""
         return KMeansParams(np.asarray(centers, dtype=np.float64))
 
     def update(self, stats: SuffStats, params: KMeansParams) -> KMeansParams:
-        """Each centre moves to the mean of its rows; a centre that lost all rows stays where it was."""
+        """Each centre moves to the mean of its rows; a centre that lost all rows stays where it was
+        (``reseed`` moves it)."""
         return KMeansParams(params.centers + stats.mean_offsets)
+
+    def reseed(self, stats: SuffStats, params: KMeansParams, done: int):
+        """Lloyd's update with empty clusters re-seeded, and a line per re-seed; None if none is."""
+        return reseeding.reseed_kmeans(self, stats, params, done)
 
     def objective(self, stats: SuffStats) -> float:
         """The inertia: summed squared distance of each row to its nearest centre."""

@@ -14,7 +14,8 @@ from sklearn.utils import check_random_state
 
 from daskem.engine.checkpoint import Checkpoint, identity_of_array
 from daskem.engine.em import EMResult, run_em
-from daskem.engine.reduction import counting_passes, step
+from daskem.data.checks import check_weight_values, sample_weight_blocks
+from daskem.engine.reduction import compute, counting_passes, row_weights, step
 from daskem.models.initialization import Candidate, InitSpec, initial_params
 
 # The checkpoint stage that records the seed a fit drew when its random_state was not an int.
@@ -41,13 +42,15 @@ def fit_restarts(
     tol: float,
     run_id: str,
     checkpoint: Checkpoint | None = None,
+    weights: da.Array | None = None,
 ) -> FitOutcome:
     """EM results of every restart of every candidate, all advancing in the same passes over ``X``.
 
     ``labels`` name the candidates in the log ("K=4 full"); restarts add " restart r". With a
     ``checkpoint``, initialization and every EM iteration are saved and a saved state is resumed.
+    ``weights`` (checked, chunked like the rows) weigh the rows in every pass.
     """
-    with counting_passes() as passes:
+    with counting_passes() as passes, row_weights(X, weights):
         with step("init"):
             starts = initial_params(X, candidates, spec, name=f"{run_id}-init", checkpoint=checkpoint)
         families, initial, restart_labels, owners = [], [], [], []
@@ -89,6 +92,24 @@ def open_checkpoint(value, what: str, params: dict[str, Any], X: da.Array,
             check_random_state(random_state).randint(np.iinfo(np.int32).max))
         checkpoint.save(SEED_STAGE, int(seed))
     return checkpoint, replace(spec, random_state=int(seed))
+
+
+def checked_weights(sample_weight, X: da.Array, *, name: str = "sample_weight") -> tuple[da.Array | None, float]:
+    """``sample_weight`` as weights chunked like the rows of ``X``, checked in one small compute of
+    the weights alone (their minimum and sum), and their sum: the effective number of rows (BIC's N).
+    Negative, NaN, infinite, all-zero or misaligned weights fail with one line naming ``name``."""
+    weights = sample_weight_blocks(sample_weight, X, name=name)
+    if weights is None:
+        return None, float(X.shape[0])
+    lowest, total = (float(value) for value in compute(weights.min(), weights.sum()))
+    check_weight_values(lowest, total, name=name)
+    return weights, total
+
+
+def weighted_params(estimator, weights, total: float) -> dict[str, Any]:
+    """The parameters that identify a fit in its checkpoint, with the sum of its row weights if any."""
+    params = estimator.get_params(deep=False)
+    return params if weights is None else {**params, "sample_weight_sum": total}
 
 
 def close_checkpoint(value, checkpoint: Checkpoint | None) -> None:

@@ -28,8 +28,10 @@ from daskem.models.families import (
 from daskem.models.fitting import (
     best_restart,
     close_checkpoint,
+    checked_weights,
     fit_restarts,
     open_checkpoint,
+    weighted_params,
 )
 from daskem.models.initialization import Candidate, ExplicitStart, InitSpec
 from daskem.models.outliers import check_outlier_rule, contamination_threshold, outlier_rows
@@ -110,6 +112,9 @@ class GaussianMixture(DensityMixin, BaseEstimator):
         (daskem) Wall-clock seconds of every iteration.
     n_passes_ : int
         (daskem) Reads of the data by the fit, initialization included.
+    n_reseeded_ : int
+        (daskem) Components re-seeded during EM because their effective number of rows fell below
+        n_features + 1 (see :mod:`daskem.models.reseeding`), each with a warning line.
     n_features_in_ : int
     offset_ : float
         (after ``set_outlier_threshold``) The log-density below which a row is an outlier, as in
@@ -170,13 +175,17 @@ class GaussianMixture(DensityMixin, BaseEstimator):
         self.checkpoint = checkpoint
 
     # ------------------------------------------------------------------ fitting
-    def fit(self, X, y=None):
-        """Fit the mixture to ``X`` (NumPy or a Dask array chunked along rows)."""
+    def fit(self, X, y=None, sample_weight=None):
+        """Fit the mixture to ``X`` (NumPy or a Dask array chunked along rows); ``sample_weight`` (one
+        non-negative value per row, or one number) weighs the rows in every pass: an integer weight
+        fits the same model as the row repeated that many times."""
         X = as_row_blocks(X, min_rows=self.n_components)
+        weights, total = checked_weights(sample_weight, X)
         candidate, spec = mixture_start(self, X.shape[1])
-        checkpoint, spec = open_checkpoint(self.checkpoint, "GaussianMixture", self.get_params(deep=False), X, spec)
+        checkpoint, spec = open_checkpoint(self.checkpoint, "GaussianMixture", weighted_params(self, weights, total),
+                                           X, spec)
         outcome = fit_restarts(X, [candidate], spec, labels=["gmm"], max_iter=self.max_iter, tol=self.tol,
-                               run_id=new_run_id("gmm"), checkpoint=checkpoint)
+                               run_id=new_run_id("gmm"), checkpoint=checkpoint, weights=weights)
         set_fitted(self, best_restart(candidate, outcome.results[0]), X.shape[1])
         self.n_passes_ = sum(outcome.passes.values())
         close_checkpoint(self.checkpoint, checkpoint)
@@ -189,9 +198,9 @@ class GaussianMixture(DensityMixin, BaseEstimator):
             )
         return self
 
-    def fit_predict(self, X, y=None):
+    def fit_predict(self, X, y=None, sample_weight=None):
         """Fit, then label ``X`` with the fitted model (lazy for Dask input)."""
-        return self.fit(X).predict(X)
+        return self.fit(X, sample_weight=sample_weight).predict(X)
 
     def _family(self) -> GaussianMixtureFamily:
         return GaussianMixtureFamily(get_covariance_type(self.covariance_type), float(self.reg_covar))
@@ -209,7 +218,8 @@ class GaussianMixture(DensityMixin, BaseEstimator):
         return kernel if getattr(self, "offset_", None) is None else partial(outlier_rows, kernel, self.offset_)
 
     def _apply(self, X, name, columns, dtype):
-        return apply_rows(X, self.row_kernel(), name, n_features=self.n_features_in_, columns=columns, dtype=dtype)
+        return apply_rows(X, self.row_kernel(), name, n_features=self.n_features_in_, columns=columns, dtype=dtype,
+                          model=type(self).__name__, column_dim="component")
 
     def predict(self, X):
         """Most probable component of each row."""
@@ -333,6 +343,7 @@ def set_fitted(estimator: GaussianMixture, result, n_features: int) -> None:
     estimator.n_features_in_ = n_features
     estimator.converged_ = result.converged
     estimator.n_iter_ = result.n_iter
+    estimator.n_reseeded_ = result.reseeded
     estimator.lower_bound_ = result.objective
     estimator.lower_bounds_ = list(result.history)
     estimator.history_ = list(result.history)

@@ -19,8 +19,10 @@ from daskem.models.families import KMeansFamily, KMeansParams
 from daskem.models.fitting import (
     best_restart,
     close_checkpoint,
+    checked_weights,
     fit_restarts,
     open_checkpoint,
+    weighted_params,
 )
 from daskem.models.initialization import Candidate, ExplicitStart, InitSpec
 from daskem.models.parameters import SHARED_PARAMETER_CONSTRAINTS, Choices
@@ -88,8 +90,16 @@ class KMeans(ClusterMixin, TransformerMixin, BaseEstimator):
         (daskem) Wall-clock seconds of every iteration.
     n_passes_ : int
         (daskem) Reads of the data by the fit, initialization included.
+    n_reseeded_ : int
+        (daskem) Empty clusters re-seeded by splitting the largest one, each with a warning line.
+    labels_ : ndarray or dask array of shape (n_samples,)
+        Nearest centre of each row of the fitted data; for Dask input a lazy array (as in dask-ml),
+        computed only when asked for (one more read of the data).
     n_features_in_ : int
     """
+
+    # Fitted attributes with one value per fitted row: the data's, not the model's, so never saved.
+    _per_row_attributes = ("labels_",)
 
     _parameter_constraints = {
         "n_clusters": [Interval(Integral, 1, None, closed="left")],
@@ -126,28 +136,32 @@ class KMeans(ClusterMixin, TransformerMixin, BaseEstimator):
         self.warm_start = warm_start
         self.checkpoint = checkpoint
 
-    def fit(self, X, y=None):
-        """Fit the centres to ``X`` (NumPy or a Dask array chunked along rows)."""
+    def fit(self, X, y=None, sample_weight=None):
+        """Fit the centres to ``X`` (NumPy or a Dask array chunked along rows); ``sample_weight`` (one
+        non-negative value per row, or one number) weighs the rows in every pass, as in scikit-learn."""
         self._validate_params()
-        X = as_row_blocks(X, min_rows=self.n_clusters, what="n_clusters")
+        data, X = X, as_row_blocks(X, min_rows=self.n_clusters, what="n_clusters")
+        weights, total = checked_weights(sample_weight, X)
         warm = self.warm_start and hasattr(self, "cluster_centers_")
         explicit = self.cluster_centers_ if warm else (None if isinstance(self.init, str) else self.init)
         candidate = Candidate(KMeansFamily(), self.n_clusters,
                               ExplicitStart.of(self.n_clusters, X.shape[1], means=explicit, means_name="init"))
         spec = InitSpec(INIT_METHODS.get(self.init) if explicit is None else None, self.random_state, self.n_init,
                         self.init_sample_size, self.oversampling_factor, self.init_rounds, self.fan_in)
-        checkpoint, spec = open_checkpoint(self.checkpoint, "KMeans", self.get_params(deep=False), X, spec)
+        checkpoint, spec = open_checkpoint(self.checkpoint, "KMeans", weighted_params(self, weights, total), X, spec)
         outcome = fit_restarts(X, [candidate], spec, labels=["k-means"], max_iter=self.max_iter, tol=self.tol,
-                               run_id=new_run_id("kmeans"), checkpoint=checkpoint)
+                               run_id=new_run_id("kmeans"), checkpoint=checkpoint, weights=weights)
         best = best_restart(candidate, outcome.results[0])
         self.n_passes_ = sum(outcome.passes.values())
         self.cluster_centers_ = best.params.centers
         self.inertia_ = float(best.objective)
         self.n_iter_ = best.n_iter
         self.converged_ = best.converged
+        self.n_reseeded_ = best.reseeded
         self.history_ = list(best.history)
         self.iteration_seconds_ = list(best.seconds)
         self.n_features_in_ = X.shape[1]
+        self.labels_ = self.predict(data)  # lazy for Dask input, as in dask-ml
         close_checkpoint(self.checkpoint, checkpoint)
         if not self.converged_:
             warnings.warn(
@@ -157,9 +171,9 @@ class KMeans(ClusterMixin, TransformerMixin, BaseEstimator):
             )
         return self
 
-    def fit_predict(self, X, y=None):
+    def fit_predict(self, X, y=None, sample_weight=None):
         """Fit, then label ``X`` with the fitted centres (lazy for Dask input)."""
-        return self.fit(X).predict(X)
+        return self.fit(X, sample_weight=sample_weight).predict(X)
 
     def row_kernel(self):
         """A picklable ``kernel(rows, names) -> {name: array}`` for the per-row outputs ``labels``,
@@ -168,7 +182,8 @@ class KMeans(ClusterMixin, TransformerMixin, BaseEstimator):
         return partial(KMeansFamily().row_outputs, KMeansParams(self.cluster_centers_))
 
     def _apply(self, X, name, columns, dtype):
-        return apply_rows(X, self.row_kernel(), name, n_features=self.n_features_in_, columns=columns, dtype=dtype)
+        return apply_rows(X, self.row_kernel(), name, n_features=self.n_features_in_, columns=columns, dtype=dtype,
+                          model=type(self).__name__, column_dim="cluster")
 
     def predict(self, X):
         """Index of the nearest centre for each row."""

@@ -15,9 +15,9 @@ from typing import Sequence
 
 from daskem.data.checks import as_row_blocks
 from daskem.engine.em import em_pass
-from daskem.engine.reduction import counting_passes, new_run_id, step
+from daskem.engine.reduction import counting_passes, new_run_id, row_weights, step
 from daskem.models.families import information_criteria
-from daskem.models.fitting import close_checkpoint, fit_restarts, open_checkpoint
+from daskem.models.fitting import checked_weights, close_checkpoint, fit_restarts, open_checkpoint
 from daskem.models.gaussian_mixture import GaussianMixture, mixture_start, set_fitted
 
 logger = logging.getLogger("daskem")
@@ -67,6 +67,7 @@ def fit_candidates(
     n_init: int = 1,
     criterion: str = "bic",
     checkpoint=None,
+    sample_weight=None,
     **params,
 ) -> SelectionResult:
     """Fit a mixture for every (n_components, covariance type, restart) in shared passes; pick the best.
@@ -75,12 +76,14 @@ def fit_candidates(
     Initial centres are computed once per number of components and one pass turns them into
     initial parameters for every candidate; the EM iterations and the final scoring pass are
     shared by all candidates. ``checkpoint`` (a path) saves every pass and resumes a fit killed midway.
+    ``sample_weight`` weighs the rows in every pass, scoring included; BIC's N is then their sum.
     """
     if criterion not in CRITERIA:
         raise ValueError(f"unknown criterion {criterion!r}: choose one of {', '.join(map(repr, CRITERIA))}")
     if not n_components or not covariance_types:
         raise ValueError("give at least one value of n_components and one covariance type")
     X = as_row_blocks(X, min_rows=max(n_components))
+    weights, n_rows = checked_weights(sample_weight, X)
     estimators = [GaussianMixture(k, covariance_type=covariance_type, n_init=n_init, **params)
                   for k in n_components for covariance_type in covariance_types]
     starts = [mixture_start(estimator, X.shape[1]) for estimator in estimators]
@@ -88,19 +91,21 @@ def fit_candidates(
     first, spec = estimators[0], starts[0][1]  # the parameters but n_components and covariance_type are shared
     grid = dict(n_components=list(n_components), covariance_types=list(covariance_types), n_init=n_init,
                 criterion=criterion, **params)
+    if weights is not None:
+        grid["sample_weight_sum"] = n_rows
     checkpoint_file, spec = open_checkpoint(checkpoint, "fit_candidates", grid, X, spec)
     run_id = new_run_id("select")
     outcome = fit_restarts(X, candidates, spec, max_iter=first.max_iter, tol=first.tol, run_id=run_id,
                            labels=[f"K={e.n_components} {e.covariance_type}" for e in estimators],
-                           checkpoint=checkpoint_file)
+                           checkpoint=checkpoint_file, weights=weights)
     owners = [(estimator, candidate, restart, result) for estimator, candidate, results in
               zip(estimators, candidates, outcome.results) for restart, result in enumerate(results)]
-    with counting_passes() as scoring, step("scoring"):
+    with counting_passes() as scoring, step("scoring"), row_weights(X, weights):
         log_likelihoods = _scores(X, owners, name=f"{run_id}-score", fan_in=first.fan_in, checkpoint=checkpoint_file)
     table = []
     for (estimator, candidate, restart, result), log_likelihood in zip(owners, log_likelihoods):
         n_parameters = candidate.family.n_parameters(X.shape[1], result.params)
-        bic, aic = information_criteria(log_likelihood, X.shape[0], n_parameters)
+        bic, aic = information_criteria(log_likelihood, n_rows, n_parameters)
         table.append(CandidateSummary(estimator.n_components, estimator.covariance_type, restart, log_likelihood,
                                       bic=bic, aic=aic, n_iter=result.n_iter, converged=result.converged,
                                       history=[float(value) for value in result.history]))

@@ -79,7 +79,7 @@ def save_model(model, directory: str | os.PathLike, *, metadata: dict[str, Any] 
 
     fitted, fitted_arrays = {}, []
     for key, value in vars(estimator).items():
-        if not key.endswith("_") or key.startswith("_"):
+        if not key.endswith("_") or key.startswith("_") or key in getattr(estimator, "_per_row_attributes", ()):
             continue
         if isinstance(value, np.ndarray):
             _save_npy(directory, f"{key}.npy", value)

@@ -21,6 +21,7 @@ import numpy as np
 import zarr
 
 from daskem.engine.reduction import DEFAULT_FAN_IN, map_reduce
+from daskem.kernels.tiles import check_finite_block
 
 # Tokens of stopped write passes, in each worker process: their remaining write tasks do nothing.
 _STOPPED: set[str] = set()
@@ -124,6 +125,7 @@ def write_slab(slab: np.ndarray, row_start: int, payload: SlabWrite) -> Counter:
     if payload.token in _STOPPED:
         return Counter()
     _quiet_unclosed_sessions()
+    check_finite_block(slab, row_start)  # new data to predict on is checked as data to fit
     values = payload.kernel(slab, tuple(name for name, _ in payload.targets))
     stop = row_start + slab.shape[0]
     counts = Counter(rows=slab.shape[0])

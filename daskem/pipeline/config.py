@@ -117,6 +117,12 @@ class DataConfig(_Section):
     array: Optional[str] = Field(
         None, description="Path of the array inside the store's group; leave out when the store is an array."
     )
+    weights: Optional[str] = Field(
+        None,
+        description="Path of a 1-D array of row weights in the same group as data.array, one non-negative "
+        "value per row: each row counts that many times in every pass of the fit (an integer weight is the "
+        "row repeated); leave out to count every row once.",
+    )
     storage_options: dict[str, Any] = Field(
         default_factory=dict, description="Options passed to fsspec for a URL (credentials, endpoint, ...)."
     )

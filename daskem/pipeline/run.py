@@ -23,9 +23,10 @@ from datetime import datetime, timezone
 from typing import Any, Iterator
 
 from daskem.data.checks import check_enough_rows
-from daskem.data.stores import DataSource, check_chunks, open_data, redacted
+from daskem.data.stores import DataSource, check_chunks, open_data, open_weights, redacted
 from daskem.engine.reduction import DEFAULT_FAN_IN, counting_passes, step
 from daskem.errors import ConfigError, DaskemUserError, DataError, OutputError
+from daskem.models.fitting import checked_weights
 from daskem.models.preprocessing import PreprocessedModel, check_pca_width
 from daskem.outputs.locations import output_location
 from daskem.outputs.model_files import read_model, save_model
@@ -104,14 +105,15 @@ def build_estimator(model):
     return ESTIMATORS[model.kind](**model.estimator_parameters())
 
 
-def select_estimator(model, X, checkpoint=None) -> tuple[Any, list[dict]]:
+def select_estimator(model, X, checkpoint=None, sample_weight=None) -> tuple[Any, list[dict]]:
     """Fit every candidate of a selection config in shared passes; the best estimator and the table."""
     from daskem.models.selection import fit_candidates
 
     parameters = model.estimator_parameters()
     del parameters["n_components"], parameters["covariance_type"]
     selection = fit_candidates(X, n_components=model.n_components_list, covariance_types=model.covariance_types,
-                               criterion=model.criterion, checkpoint=checkpoint, **parameters)
+                               criterion=model.criterion, checkpoint=checkpoint, sample_weight=sample_weight,
+                               **parameters)
     return selection.best, selection.table_records()
 
 
@@ -201,17 +203,19 @@ def _fit_configured(config, X, source, checkpoint, client, timings: dict[str, fl
         features = prep.transform(X)
         timings["preprocess"] = time.perf_counter() - t
     features = maybe_cache(features, config.data.cache, client)
+    weights, _ = checked_weights(open_weights(config.data, features), features,
+                                     name=f"data.weights ({config.data.weights})")
     t = time.perf_counter()
     candidates = None
     if config.model.is_selection:
         logger.info("fit: %d candidate models in the same passes", len(config.model.n_components_list)
                     * len(config.model.covariance_types) * config.model.n_init)
-        estimator, candidates = fit(lambda X: select_estimator(config.model, X, checkpoint=checkpoint),
-                                    features, source)
+        estimator, candidates = fit(lambda X: select_estimator(config.model, X, checkpoint=checkpoint,
+                                                               sample_weight=weights), features, source)
     else:
         estimator = build_estimator(config.model)
         logger.info("fit: %r", estimator)
-        fit(estimator.set_params(checkpoint=checkpoint).fit, features, source)
+        fit(lambda X: estimator.set_params(checkpoint=checkpoint).fit(X, sample_weight=weights), features, source)
     estimator.set_params(checkpoint=None)  # the run's file, not a parameter of the saved model
     timings["fit"] = time.perf_counter() - t
     return (estimator if prep is None else PreprocessedModel(estimator, prep)), estimator, prep, candidates
@@ -349,6 +353,7 @@ def fit_summary(estimator) -> dict[str, Any]:
         "estimator": type(estimator).__name__,
         "n_iter": int(estimator.n_iter_),
         "converged": bool(estimator.converged_),
+        "reseeded": int(getattr(estimator, "n_reseeded_", 0)),
         "objective": "mean log-likelihood per row" if is_gmm else "inertia",
         "final_objective": float(estimator.lower_bound_ if is_gmm else estimator.inertia_),
         "history": [float(v) for v in estimator.history_],

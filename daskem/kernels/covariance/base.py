@@ -148,6 +148,15 @@ class CovarianceType(ABC):
         covariances = centred_s2 / self._pool(np.broadcast_to(counts, outer.shape))
         return self._regularize(covariances, reg_covar)
 
+    def copy_component(self, covariances: np.ndarray, source: int, target: int) -> np.ndarray:
+        """``covariances`` with component ``target`` given the covariance of ``source`` (to re-seed a
+        collapsed component); a covariance shared by every component is returned as it is."""
+        covariances = np.array(covariances, dtype=np.float64)
+        if self.covariances_shape(1, 1) == self.covariances_shape(2, 1):  # shared: no per-component entry
+            return covariances
+        covariances[target] = covariances[source]
+        return covariances
+
     def log_gaussian(self, rows: CentredRows, terms: Any, log_det: np.ndarray) -> np.ndarray:
         """(n, K) log N(x_i; mu_k, Sigma_k) from prepared terms and log-determinants (plus anything
         added to them, such as log-weights); the result lives in a work buffer of ``rows``."""

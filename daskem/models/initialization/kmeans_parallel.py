@@ -106,10 +106,11 @@ def _prune(selection: RoundDraws, oversampling: float) -> RoundDraws:
     return RoundDraws(selection.phi, selection.keys[keep], selection.index[keep], selection.rows[keep])
 
 
-def _round_slab(slab, row_start: int, request: RoundRequest, oversampling: float) -> list[RoundDraws]:
+def _round_slab(slab, row_start: int, request: RoundRequest, weights=None, *, oversampling: float) -> list[RoundDraws]:
     """One slab of a round: per seed, its rows with ``d^2 / u > phi_slab / l`` and ``phi_slab``.
     The slab is pruned tile by tile first (a tile's phi is a lower bound too), so memory
-    holds one tile's temporaries, not the slab's."""
+    holds one tile's temporaries, not the slab's. With row weights, ``d^2`` is ``w d^2`` throughout
+    (a row is drawn with probability proportional to its weighted cost)."""
     if request.round == 1:
         _check_finite(slab, row_start)
     selections = []
@@ -117,6 +118,7 @@ def _round_slab(slab, row_start: int, request: RoundRequest, oversampling: float
         kept = RoundDraws(0.0, *_empty(slab.shape[1]))
         for offset, _, d2 in nearest_tiles(slab, centers):
             rows = slab[offset : offset + len(d2)]
+            d2 = d2 if weights is None else d2 * _tile_weights(weights, offset, len(d2))
             u = 1.0 - row_uniforms(seed, ROUND_STREAM + request.round, row_start + offset, len(rows))[:, 0]  # (0, 1]
             keys = d2 / u
             keep = np.flatnonzero(keys > d2.sum() / oversampling)
@@ -180,18 +182,22 @@ def _best_distinct(keys, index, rows, size: int) -> tuple[np.ndarray, np.ndarray
         taken *= 2
 
 
-def _weight_slab(slab, row_start: int, request: WeightRequest) -> list[tuple]:
+def _weight_slab(slab, row_start: int, request: WeightRequest, weights=None) -> list[tuple]:
     """Per seed: rows nearest each candidate, phi, and (if asked) a D^2-weighted sample of uncovered rows.
 
     The sample keeps the smallest keys ``-log(u) / d^2`` (Efraimidis-Spirakis): weighted sampling
     without replacement, mergeable, no phi needed. Rows equal to a candidate (d^2 = 0) never enter.
+    With row weights, counts are summed weights and ``d^2`` is ``w d^2``.
     """
     out = []
     for seed, centers, size in zip(request.seeds, request.candidates, request.fallback_sizes):
-        counts, phi, samples = np.zeros(len(centers), dtype=np.int64), 0.0, [_empty(slab.shape[1])]
+        counts = np.zeros(len(centers), dtype=np.int64 if weights is None else np.float64)
+        phi, samples = 0.0, [_empty(slab.shape[1])]
         for offset, labels, d2 in nearest_tiles(slab, centers):
             rows = slab[offset : offset + len(d2)]
-            counts += np.bincount(labels, minlength=len(centers))
+            tile = None if weights is None else _tile_weights(weights, offset, len(d2))
+            counts += np.bincount(labels, weights=tile, minlength=len(centers)).astype(counts.dtype, copy=False)
+            d2 = d2 if tile is None else d2 * tile
             phi += float(d2.sum())
             if size:
                 uncovered = np.flatnonzero(d2 > 0)
@@ -201,6 +207,10 @@ def _weight_slab(slab, row_start: int, request: WeightRequest) -> list[tuple]:
         fallback = _best_distinct(*(np.concatenate(c) for c in zip(*samples)), size) if size else None
         out.append((counts, phi, fallback))
     return out
+
+
+def _tile_weights(weights, offset: int, n_rows: int) -> np.ndarray:
+    return np.asarray(weights[offset : offset + n_rows], dtype=np.float64)
 
 
 def _merge_weights(parts: list[list[tuple]], sizes: tuple[int, ...]) -> list[tuple]:

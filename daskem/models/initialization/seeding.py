@@ -57,13 +57,19 @@ class SampleRequest:
     size: int
 
 
-def _slab_sample(slab: np.ndarray, row_start: int, request: SampleRequest) -> list[tuple]:
-    """For each seed, the slab's ``size`` rows of smallest priority as (priorities, row indices, rows)."""
+def _slab_sample(slab: np.ndarray, row_start: int, request: SampleRequest, weights=None) -> list[tuple]:
+    """For each seed, the slab's ``size`` rows of smallest priority as (priorities, row indices, rows).
+    With row weights the priority is ``-log(1 - u) / w`` (Efraimidis-Spirakis: a sample drawn with
+    probability proportional to the weights; a row of zero weight is never drawn)."""
     check_finite_block(slab, row_start)
     samples = []
     for seed in request.seeds:
         priorities = row_uniforms(seed, SAMPLE_STREAM, row_start, slab.shape[0])[:, 0]
+        if weights is not None:
+            with np.errstate(divide="ignore", invalid="ignore"):  # a zero weight: inf (or NaN), never drawn
+                priorities = -np.log1p(-priorities) / np.asarray(weights, dtype=np.float64)
         keep = _smallest(priorities, request.size)
+        keep = keep[np.isfinite(priorities[keep])]  # rows of zero weight are never drawn
         samples.append((priorities[keep], row_start + keep, np.asarray(slab[keep], dtype=np.float64)))
     return samples
 

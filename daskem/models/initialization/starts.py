@@ -184,19 +184,20 @@ def _start_from(request: StartRequest, stats: SuffStats):
     return request.family.m_step(stats, request.shift)
 
 
-def _start_stats(slab: np.ndarray, row_start: int, requests: tuple[StartRequest, ...]) -> tuple[SuffStats, ...]:
-    """The statistics every start request needs from one slab."""
+def _start_stats(slab: np.ndarray, row_start: int, requests: tuple[StartRequest, ...],
+                 weights=None) -> tuple[SuffStats, ...]:
+    """The statistics every start request needs from one slab (its rows weighted when given)."""
     check_finite_block(slab, row_start)
-    return tuple(_request_stats(slab, row_start, request) for request in requests)
+    return tuple(_request_stats(slab, row_start, request, weights) for request in requests)
 
 
-def _request_stats(slab: np.ndarray, row_start: int, request: StartRequest) -> SuffStats:
+def _request_stats(slab: np.ndarray, row_start: int, request: StartRequest, weights=None) -> SuffStats:
     if request.centers is not None:
-        return request.family.center_stats(slab, request.centers)
+        return request.family.center_stats(slab, request.centers, weights)
     n_components = request.shift.shape[0]
     resp = row_uniforms(request.seed, RANDOM_RESPONSIBILITY_STREAM, row_start, slab.shape[0], n_components)
     resp /= resp.sum(axis=1, keepdims=True)
-    return resp_chunk_stats(slab, resp, request.shift, request.family.covariance)
+    return resp_chunk_stats(slab, resp, request.shift, request.family.covariance, weights)
 
 
 def _first_row(X: da.Array) -> np.ndarray:
