@@ -102,8 +102,11 @@ def test_decision_function_and_predict_outliers_follow_the_outlier_detectors(fit
 def test_outlier_methods_refuse_a_missing_or_bad_rule(fitted):
     model, X, _ = fitted
     bare = GaussianMixture(2, random_state=0).fit(X[:2000])
-    with pytest.raises(NotFittedError, match="no outlier threshold: call set_outlier_threshold"):
+    assert not hasattr(bare, "decision_function") and not hasattr(bare, "predict_outliers")  # as scikit-learn expects
+    with pytest.raises(AttributeError) as missing:
         bare.decision_function(X)
+    assert isinstance(missing.value.__cause__, NotFittedError)  # the cause shown with it names the fix
+    assert "no outlier threshold: call set_outlier_threshold" in str(missing.value.__cause__)
     with pytest.raises(ValueError, match="give one of contamination"):
         bare.set_outlier_threshold(X, contamination=0.1, threshold=-3.0)
     with pytest.raises(ValueError, match=r"contamination must be in \(0, 0.5\], got 0.7"):

@@ -12,6 +12,7 @@ from sklearn.base import BaseEstimator, DensityMixin
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.utils._param_validation import Interval
 from sklearn.exceptions import NotFittedError
+from sklearn.utils.metaestimators import available_if
 from sklearn.utils.validation import check_is_fitted
 
 from daskem.data.checks import as_row_blocks, check_features, check_fitted_arrays
@@ -45,6 +46,16 @@ INIT_PARAMS = {
     "random": "random_responsibilities",
     "random_from_data": "random_rows",
 }
+
+
+def _has_outlier_threshold(model) -> bool:
+    """Whether the outlier methods exist: until a threshold is set, a ``NotFittedError`` (an
+    ``AttributeError``) with the fix, so that ``hasattr(model, "decision_function")`` is False as
+    scikit-learn's tools expect."""
+    if getattr(model, "offset_", None) is None:
+        raise NotFittedError(f"this {type(model).__name__} has no outlier threshold: call set_outlier_threshold("
+                             "X, contamination=...) or set_outlier_threshold(threshold=...)")
+    return True
 
 
 class GaussianMixture(DensityMixin, BaseEstimator):
@@ -263,13 +274,13 @@ class GaussianMixture(DensityMixin, BaseEstimator):
         peaks = np.log(params.weights) + self._family().covariance.log_det_cholesky(params.precisions_cholesky, d)
         return float(logsumexp(peaks) - 0.5 * d * np.log(2 * np.pi))
 
+    @available_if(_has_outlier_threshold)
     def decision_function(self, X):
-        """``score_samples(X) - offset_``: negative for outliers, as in scikit-learn's outlier detectors."""
-        if getattr(self, "offset_", None) is None:
-            raise NotFittedError("this GaussianMixture has no outlier threshold: call "
-                                 "set_outlier_threshold(X, contamination=...) or set_outlier_threshold(threshold=...)")
+        """``score_samples(X) - offset_``: negative for outliers, as in scikit-learn's outlier detectors
+        (there once ``set_outlier_threshold`` has set ``offset_``)."""
         return self.score_samples(X) - self.offset_
 
+    @available_if(_has_outlier_threshold)
     def predict_outliers(self, X):
         """-1 for an outlier (log-density below ``offset_``), +1 otherwise: an outlier detector's ``predict``."""
         return (self.decision_function(X) >= 0) * 2 - 1
