@@ -49,6 +49,9 @@ class Family(Protocol):
     def has_converged(self, previous: float, current: float, tol: float) -> bool:
         """Whether the objective moved from ``previous`` to ``current`` by less than ``tol`` (by its rule)."""
 
+    def shifted(self, stats: SuffStats, old: Any, new: Any) -> SuffStats:
+        """Statistics taken at ``old`` moved to the shift of ``new`` (stepwise EM's running statistics)."""
+
 
 @dataclass(frozen=True)
 class SlabPayload:
@@ -76,6 +79,7 @@ class EMResult:
     seconds: list[float] = field(default_factory=list)
     n_iter: int = 0
     converged: bool = False
+    objective_of_params: bool = False  # ``objective`` scores ``params`` themselves (a final scoring pass)
 
 
 def run_em(

@@ -69,6 +69,10 @@ class GaussianMixtureFamily:
         """The M-step after an E-step at ``params``."""
         return self.m_step(stats, params.means)
 
+    def shifted(self, stats: SuffStats, old: GMMParams, new: GMMParams) -> SuffStats:
+        """Statistics taken around ``old``'s means, moved to ``new``'s (stepwise EM's running statistics)."""
+        return stats.shifted(old.means, new.means, self.covariance)
+
     def objective(self, stats: SuffStats) -> float:
         """Mean log-likelihood per row."""
         return stats.objective / stats.n_samples
@@ -117,6 +121,10 @@ class KMeansFamily:
     def update(self, stats: SuffStats, params: KMeansParams) -> KMeansParams:
         """Each centre moves to the mean of its rows; a centre that lost all rows stays where it was."""
         return KMeansParams(params.centers + stats.mean_offsets)
+
+    def shifted(self, stats: SuffStats, old: KMeansParams, new: KMeansParams) -> SuffStats:
+        """Statistics taken around ``old``'s centres, moved to ``new``'s (stepwise k-means' running statistics)."""
+        return stats.shifted(old.centers, new.centers)
 
     def objective(self, stats: SuffStats) -> float:
         """The inertia: summed squared distance of each row to its nearest centre."""

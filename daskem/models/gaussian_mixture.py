@@ -14,7 +14,7 @@ from sklearn.utils.validation import check_is_fitted
 
 from daskem.data.checks import as_row_blocks, check_fitted_arrays
 from daskem.engine.per_row import apply_rows
-from daskem.engine.reduction import new_run_id
+from daskem.engine.reduction import new_run_id, pass_count
 from daskem.kernels.covariance import get_covariance_type
 from daskem.kernels.draws import seeds_from
 from daskem.models.families import (
@@ -27,6 +27,8 @@ from daskem.models.fitting import (
     close_checkpoint,
     fit_restarts,
     open_checkpoint,
+    partial_fit_update,
+    stepwise_spec,
 )
 from daskem.models.initialization import Candidate, ExplicitStart, InitSpec
 from daskem.models.parameters import SHARED_PARAMETER_CONSTRAINTS, Choices
@@ -83,6 +85,18 @@ class GaussianMixture(DensityMixin, BaseEstimator):
         (daskem) k-means||: about ``oversampling_factor * n_components`` candidates drawn per round.
     init_rounds : int, default=5
         (daskem) k-means||: rounds of candidate draws, one pass over the data each.
+    algorithm : {"batch", "stepwise"}, default="batch"
+        (daskem) "batch": an M-step after every pass over the data. "stepwise": stepwise (online)
+        EM, an M-step after every group of slabs (:mod:`daskem.engine.stepwise`), for at most
+        ``max_passes`` passes, then one pass to score the returned parameters.
+    max_passes : int, default=2
+        (daskem) Stepwise: passes over the data; fewer when a pass's objective moved by less than
+        ``tol`` from the previous pass's.
+    steps_per_pass : int, default=10
+        (daskem) Stepwise: groups of slabs per pass, hence M-steps per pass (at most one per slab).
+    learning_offset, learning_decay : float, default=2.0, 0.7
+        (daskem) Stepwise: the t-th group (from 0) weighs ``(t + learning_offset) ** -learning_decay``
+        in the running statistics; ``learning_offset >= 1``, ``0.5 < learning_decay <= 1``.
     warm_start : bool, default=False
         As in scikit-learn: a refit starts from the last fit's solution, with one initialization.
     checkpoint : str or None, default=None
@@ -138,6 +152,11 @@ class GaussianMixture(DensityMixin, BaseEstimator):
         init_sample_size=100_000,
         oversampling_factor=2.0,
         init_rounds=5,
+        algorithm="batch",
+        max_passes=2,
+        steps_per_pass=10,
+        learning_offset=2.0,
+        learning_decay=0.7,
         warm_start=False,
         checkpoint=None,
     ):
@@ -156,6 +175,11 @@ class GaussianMixture(DensityMixin, BaseEstimator):
         self.init_sample_size = init_sample_size
         self.oversampling_factor = oversampling_factor
         self.init_rounds = init_rounds
+        self.algorithm = algorithm
+        self.max_passes = max_passes
+        self.steps_per_pass = steps_per_pass
+        self.learning_offset = learning_offset
+        self.learning_decay = learning_decay
         self.warm_start = warm_start
         self.checkpoint = checkpoint
 
@@ -166,11 +190,13 @@ class GaussianMixture(DensityMixin, BaseEstimator):
         candidate, spec = mixture_start(self, X.shape[1])
         checkpoint, spec = open_checkpoint(self.checkpoint, "GaussianMixture", self.get_params(deep=False), X, spec)
         outcome = fit_restarts(X, [candidate], spec, labels=["gmm"], max_iter=self.max_iter, tol=self.tol,
-                               run_id=new_run_id("gmm"), checkpoint=checkpoint)
+                               run_id=new_run_id("gmm"), checkpoint=checkpoint,
+                               stepwise=stepwise_spec(self, spec.random_state))
         set_fitted(self, best_restart(candidate, outcome.results[0]), X.shape[1])
-        self.n_passes_ = sum(outcome.passes.values())
+        self.n_passes_ = pass_count(sum(outcome.passes.values()))
+        self._stepwise_state = None
         close_checkpoint(self.checkpoint, checkpoint)
-        if not self.converged_:
+        if not self.converged_ and self.algorithm == "batch":
             warnings.warn(
                 f"GaussianMixture did not converge in {self.max_iter} iterations (tol={self.tol}): "
                 "raise max_iter or tol, or check the data's scaling",
@@ -182,6 +208,22 @@ class GaussianMixture(DensityMixin, BaseEstimator):
     def fit_predict(self, X, y=None):
         """Fit, then label ``X`` with the fitted model (lazy for Dask input)."""
         return self.fit(X).predict(X)
+
+    def partial_fit(self, X, y=None):
+        """One stepwise EM update from the rows of ``X`` (as after one group of slabs of
+        ``algorithm="stepwise"``); the first call starts the model from ``X`` by ``init_params``.
+        ``lower_bound_`` is then the mean log-likelihood of ``X`` before the update."""
+        fitted = hasattr(self, "means_")
+        X = as_row_blocks(X, min_rows=1 if fitted else self.n_components)
+        candidate, spec = mixture_start(self, X.shape[1])
+        result, self._stepwise_state, passes = partial_fit_update(
+            X, candidate, spec, self._fitted() if fitted else None, getattr(self, "_stepwise_state", None), self,
+            run_id=new_run_id("gmm-partial"))
+        history = list(getattr(self, "history_", [])) if fitted else []
+        set_fitted(self, result, X.shape[1])
+        self.lower_bounds_ = self.history_ = history + result.history
+        self.n_passes_ = pass_count(sum(passes.values()))
+        return self
 
     def _family(self) -> GaussianMixtureFamily:
         return GaussianMixtureFamily(get_covariance_type(self.covariance_type), float(self.reg_covar))

@@ -23,7 +23,7 @@ from typing import Any, Iterator
 
 from daskem.data.checks import check_enough_rows
 from daskem.data.stores import DataSource, check_chunks, open_data, redacted
-from daskem.engine.reduction import DEFAULT_FAN_IN, counting_passes, step
+from daskem.engine.reduction import DEFAULT_FAN_IN, counting_passes, pass_count, step
 from daskem.errors import ConfigError, DaskemUserError, DataError, OutputError
 from daskem.models.preprocessing import PreprocessedModel, check_pca_width
 from daskem.outputs.model_files import load_model, save_model
@@ -168,7 +168,8 @@ def run(config: DaskemConfig, *, progress: bool = True, restart: bool = False) -
                 "outputs": {"model": "model", "predictions": "predictions.zarr" if written else None,
                             "arrays": written},
                 "timings": {k: round(v, 3) for k, v in timings.items()},
-                "passes": {**{name: passes.get(name, 0) for name in PASS_STEPS}, "total": sum(passes.values())},
+                "passes": {**{name: pass_count(passes.get(name, 0)) for name in PASS_STEPS},
+                           "total": pass_count(sum(passes.values()))},
             }, secrets)
             write_json(tmp / "run.json", summary)
             final = staged.commit()
