@@ -35,7 +35,8 @@ from daskem.models.parameters import SHARED_PARAMETER_CONSTRAINTS, Choices
 
 # ``init_params`` choices and the start each one names (see ``daskem.models.initialization``).
 INIT_PARAMS = {
-    "kmeans": "lloyd",
+    "kmeans": "sample_kmeans",
+    "lloyd": "lloyd",
     "k-means||": "k-means||",
     "k-means++": "k-means++",
     "random": "random_responsibilities",
@@ -64,14 +65,18 @@ class GaussianMixture(DensityMixin, BaseEstimator):
     n_init : int, default=1
         Restarts; they advance together, one read of the data per pass for all, and the best
         (highest lower bound) is kept.
-    init_params : {"kmeans", "k-means||", "k-means++", "random", "random_from_data"}, default="kmeans"
-        "kmeans" fits k-means by Lloyd's algorithm on the data, seeded by k-means||
-        (:mod:`daskem.models.initialization.kmeans_parallel`; scikit-learn seeds it by k-means++),
-        then starts from the statistics of the rows nearest each centre. "k-means||" (not in
-        scikit-learn) starts from the rows nearest the k-means|| centres, without Lloyd.
-        "k-means++" and "random_from_data" assign every row to its nearest seed to compute the
-        initial covariances (scikit-learn uses the seed rows alone). "random": responsibilities
-        drawn uniformly per row.
+    init_params : {"kmeans", "lloyd", "k-means||", "k-means++", "random", "random_from_data"}, default="kmeans"
+        How the initial parameters are found; the centres are then turned into initial parameters by
+        one pass (the statistics of the rows nearest each centre). Passes over the data, in all:
+        "kmeans": k-means (4 restarts) on a uniform sample of 256 rows per component (at most
+        ``init_sample_size``), 2 passes (scikit-learn runs k-means on all the data). "lloyd":
+        k-means by Lloyd's algorithm on all the data, seeded by k-means||
+        (:mod:`daskem.models.initialization.kmeans_parallel`): ``init_rounds + 2`` passes plus one per
+        Lloyd iteration. "k-means||" (not in scikit-learn): the k-means|| centres, without Lloyd,
+        ``init_rounds + 2``. "k-means++" and "random_from_data": 2 (scikit-learn computes the initial
+        covariances from the seed rows alone). "random": responsibilities drawn uniformly per row, 1
+        (plus a read of the first row). Several ``n_components`` (``fit_candidates``) and restarts share
+        these passes: the summary is drawn once, for the largest number of components.
     weights_init, means_init, precisions_init : array-like, default=None
         Explicit initial values; given means replace the ``init_params`` centres.
     random_state : int, RandomState instance or None, default=None
@@ -80,7 +85,7 @@ class GaussianMixture(DensityMixin, BaseEstimator):
     fan_in : int, default=8
         (daskem) Partial statistics merged per reduction task.
     init_sample_size : int, default=100_000
-        (daskem) Rows sampled, in one pass, to seed "k-means++".
+        (daskem) Rows sampled, in one pass, to seed "k-means++"; at most this many for "kmeans".
     oversampling_factor : float, default=2.0
         (daskem) k-means||: about ``oversampling_factor * n_components`` candidates drawn per round.
     init_rounds : int, default=5
