@@ -3,8 +3,9 @@
 Out of core, reading the data dominates, so every candidate (a number of components, a covariance
 type, a restart) advances in the same pass: each slab is read once per iteration for all of them,
 the task looping over candidates one at a time to bound memory, and a converged candidate drops
-out of later passes. One last pass scores every candidate's final parameters (stepwise EM has scored them), so the criteria are
-computed from the parameters returned, as scikit-learn's ``bic(X)`` and ``aic(X)`` do.
+out of later passes. One last pass scores every candidate's final parameters (unless stepwise EM
+has), so the criteria are computed from the parameters returned, as scikit-learn's ``bic(X)`` and
+``aic(X)`` do.
 """
 
 from __future__ import annotations
