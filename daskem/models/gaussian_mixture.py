@@ -115,10 +115,13 @@ class GaussianMixture(DensityMixin, BaseEstimator):
     covariances_, precisions_, precisions_cholesky_ : ndarray
         Shaped by the covariance type, as in scikit-learn.
     converged_ : bool
+        Stepwise: whether the last pass's objective moved by less than ``tol`` from the previous pass's.
     n_iter_ : int
-        EM iterations of the best restart.
+        EM iterations (stepwise: M-steps) of the best restart.
     lower_bound_ : float
-        Mean log-likelihood per row at the last E-step (before the final M-step), as in scikit-learn.
+        Mean log-likelihood per row at the last E-step (before the final M-step), as in scikit-learn;
+        stepwise: that of the returned parameters, from the scoring pass; ``partial_fit``: that of
+        its ``X`` before the update.
     lower_bounds_, history_ : list of float
         ``lower_bound_`` at every iteration.
     iteration_seconds_ : list of float

@@ -69,18 +69,9 @@ class KMeans(ClusterMixin, TransformerMixin, BaseEstimator):
         (daskem) k-means||: about ``oversampling_factor * n_clusters`` candidates drawn per round.
     init_rounds : int, default=5
         (daskem) k-means||: rounds of candidate draws, one pass over the data each.
-    algorithm : {"batch", "stepwise"}, default="batch"
-        (daskem) "batch": an M-step after every pass over the data. "stepwise": stepwise (online)
-        EM, an M-step after every group of slabs (:mod:`daskem.engine.stepwise`), for at most
-        ``max_passes`` passes, then one pass to score the returned parameters.
-    max_passes : int, default=2
-        (daskem) Stepwise: passes over the data; fewer when a pass's objective moved by less than
-        ``tol`` from the previous pass's.
-    steps_per_pass : int, default=10
-        (daskem) Stepwise: groups of slabs per pass, hence M-steps per pass (at most one per slab).
-    learning_offset, learning_decay : float, default=2.0, 0.7
-        (daskem) Stepwise: the t-th group (from 0) weighs ``(t + learning_offset) ** -learning_decay``
-        in the running statistics; ``learning_offset >= 1``, ``0.5 < learning_decay <= 1``.
+    algorithm, max_passes, steps_per_pass, learning_offset, learning_decay
+        (daskem) As in :class:`daskem.GaussianMixture`: "stepwise" runs stepwise k-means, the centres
+        updated after every group of slabs (defaults "batch", 2, 10, 2.0, 0.7).
     warm_start : bool, default=False
         A refit starts from the last fit's centres, with one initialization (as scikit-learn's
         ``GaussianMixture`` does).
