@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import time
 import warnings
+from itertools import chain
 from pathlib import Path
 
 import numpy as np
@@ -45,20 +46,19 @@ def timed(fit):
     return model, time.perf_counter() - started
 
 
-def daskem_cases(X, args, seed) -> list[tuple]:
+def daskem_cases(X, args, seed):
+    """(case, seconds, passes, n_iter, objective) of every daskem fit, one at a time."""
     import daskem
 
     k = args.components
-    rows = []
     for label, params in (("daskem gmm batch, default start", {}),
                           ("daskem gmm batch, lloyd start", {"init_params": "lloyd"}),
                           ("daskem gmm stepwise", {"algorithm": "stepwise"})):
         model, seconds = timed(lambda: daskem.GaussianMixture(k, random_state=seed, **params).fit(X))
-        rows.append((label, seconds, model.n_passes_, model.n_iter_, model.score(X)))
+        yield label, seconds, model.n_passes_, model.n_iter_, model.score(X)
     for label, params in (("daskem kmeans batch", {}), ("daskem kmeans stepwise", {"algorithm": "stepwise"})):
         model, seconds = timed(lambda: daskem.KMeans(k, random_state=seed, **params).fit(X))
-        rows.append((label, seconds, model.n_passes_, model.n_iter_, -model.score(X)))
-    return rows
+        yield label, seconds, model.n_passes_, model.n_iter_, -model.score(X)
 
 
 def inertia(data: np.ndarray, centers: np.ndarray) -> float:
@@ -68,20 +68,20 @@ def inertia(data: np.ndarray, centers: np.ndarray) -> float:
     return float(np.sum(pairwise_distances_argmin_min(data, centers)[1] ** 2))
 
 
-def other_cases(X, args, seed) -> list[tuple]:
+def other_cases(X, args, seed):
+    """The same for scikit-learn in memory and dask-ml on the store."""
     import dask_ml.cluster
     import sklearn.cluster
     import sklearn.mixture
 
-    k, rows = args.components, []
+    k = args.components
     data = np.asarray(X)
     model, seconds = timed(lambda: sklearn.mixture.GaussianMixture(k, random_state=seed).fit(data))
-    rows.append(("sklearn gmm (memory)", seconds, None, model.n_iter_, model.score(data)))
+    yield "sklearn gmm (memory)", seconds, None, model.n_iter_, model.score(data)
     model, seconds = timed(lambda: sklearn.cluster.KMeans(k, random_state=seed).fit(data))
-    rows.append(("sklearn kmeans (memory)", seconds, None, model.n_iter_, inertia(data, model.cluster_centers_)))
+    yield "sklearn kmeans (memory)", seconds, None, model.n_iter_, inertia(data, model.cluster_centers_)
     model, seconds = timed(lambda: dask_ml.cluster.KMeans(n_clusters=k, random_state=seed).fit(X))
-    rows.append(("dask-ml kmeans", seconds, None, model.n_iter_, inertia(data, model.cluster_centers_)))
-    return rows
+    yield "dask-ml kmeans", seconds, None, model.n_iter_, inertia(data, model.cluster_centers_)
 
 
 def main(argv=None) -> int:
@@ -112,7 +112,8 @@ def main(argv=None) -> int:
                   f"{args.workers} workers x 1 thread", flush=True)
             print(f"{'case':34s} {'seed':>4s} {'seconds':>8s} {'passes':>6s} {'n_iter':>6s} {'objective':>16s}")
             for seed in range(args.seeds):
-                for label, seconds, passes, n_iter, objective in daskem_cases(X, args, seed) + other_cases(X, args, seed):
+                for label, seconds, passes, n_iter, objective in chain(daskem_cases(X, args, seed),
+                                                                       other_cases(X, args, seed)):
                     shown = "—" if passes is None else f"{float(passes):g}"
                     print(f"{label:34s} {seed:4d} {seconds:8.2f} {shown:>6s} {n_iter:6d} {objective:16.8g}", flush=True)
     return 0
