@@ -135,8 +135,9 @@ def initial_params(X: da.Array, candidates: Sequence[Candidate], spec: InitSpec,
     seeded = [c for c in candidates if not c.explicit.complete and c.explicit.means is None]
     centers_by_size: dict[int, list[np.ndarray]] = {}
     if seeded and spec.method != RANDOM_RESPONSIBILITIES:  # one summary of the data for every size
-        centers_by_size = seed_centers(X, [c.n_components for c in seeded], seeds, spec.seeding(),
-                                       name=f"{name}-seed", checkpoint=checkpoint, stage=f"{STAGE}/centers")
+        sizes = [c.n_components for c in seeded]
+        centers_by_size = seed_centers(X, sizes, seeds, spec.seeding(), name=f"{name}-{max(sizes)}",
+                                       checkpoint=checkpoint, stage=f"{STAGE}/centers")
     plans: list[list] = []  # per candidate: a start, or a StartRequest to fill in from the data
     first_row = None
     for candidate in candidates:
