@@ -116,7 +116,7 @@ def test_gmm_only_keys_are_refused_for_kmeans(key):
 
 
 KMEANS_INITS = "one of 'k-means||', 'k-means++', 'random' or an array-like"
-GMM_INITS = "one of 'kmeans', 'k-means||', 'k-means++', 'random', 'random_from_data'"
+GMM_INITS = "one of 'kmeans', 'lloyd', 'k-means||', 'k-means++', 'random', 'random_from_data'"
 
 
 @pytest.mark.parametrize(("kind", "init", "choices"), [("kmeans", "kmeans", KMEANS_INITS), ("gmm", "kmeans++", GMM_INITS),
@@ -145,7 +145,8 @@ PYTHON_ONLY = {"gmm": {"weights_init", "means_init", "precisions_init"} | RUN_MA
 # A valid value other than the default for every model key (gmm, kmeans where they differ).
 OTHER_VALUES = {"n_components": 3, "covariance_type": "diag", "tol": 0.25, "reg_covar": 0.5, "max_iter": 7,
                 "n_init": 2, "init": "random", "random_state": 11, "fan_in": 3, "init_sample_size": 123,
-                "oversampling_factor": 1.5, "init_rounds": 2}
+                "oversampling_factor": 1.5, "init_rounds": 2, "algorithm": "stepwise", "max_passes": 4,
+                "steps_per_pass": 5, "learning_offset": 3.0, "learning_decay": 0.9}
 RENAMED = {"gmm": {"init": "init_params"}, "kmeans": {"n_components": "n_clusters"}}
 
 

@@ -4,6 +4,7 @@ Part of the shared covariance suite: each test taking ``cov`` runs over every re
 the toy ``scalar`` type (see conftest.py), with parameters from the naive M-step.
 """
 
+import dataclasses
 import functools
 
 import numpy as np
@@ -12,7 +13,7 @@ from covariance_reference import naive_parameters
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from daskem.kernels.mixture import gmm_chunk_stats
+from daskem.kernels.mixture import gmm_chunk_stats, resp_chunk_stats
 from daskem.kernels.nearest import hard_chunk_stats
 from daskem.kernels.params import GMMParams
 from daskem.kernels.stats import SuffStats, merge_all
@@ -124,3 +125,26 @@ def test_merge_order_does_not_matter_tree_or_chain(cov, kernel):
     assert_stats_close(tree_merge(stats), chain)
     assert_stats_close(tree_merge(stats, fan_in=3), chain)
     assert_stats_close(merge_all(reversed(stats)), chain)
+
+
+@pytest.mark.parametrize("with_s2", [True, False], ids=["with_s2", "without_s2"])
+def test_statistics_shifted_to_new_centres_equal_the_statistics_taken_around_them(cov, with_s2):
+    """Stepwise EM moves its running statistics to each new set of means: exact algebra, not a recomputation."""
+    X, resp = data()
+    _, means, _ = gmm_parameters(cov)
+    new_means = means + np.random.default_rng(1).normal(size=means.shape) * 2.0
+
+    def around(shift):
+        stats = resp_chunk_stats(X, resp, shift, cov)
+        return stats if with_s2 else dataclasses.replace(stats, s2=None)
+
+    moved = around(means).shifted(means, new_means, cov if with_s2 else None)
+    assert_stats_close(moved, around(new_means))
+
+
+def test_scaled_statistics_are_the_statistics_of_weighted_rows(cov):
+    X, resp = data()
+    _, means, _ = gmm_parameters(cov)
+    stats = resp_chunk_stats(X, resp, means, cov)
+    tripled = resp_chunk_stats(np.vstack([X] * 3), np.vstack([resp] * 3), means, cov)
+    assert_stats_close(stats.scaled(3), tripled)

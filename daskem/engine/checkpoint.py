@@ -180,6 +180,7 @@ CLASSES = {
     "GMMParams": "daskem.kernels.params",
     "KMeansParams": "daskem.kernels.params",
     "KMeansParallelResult": "daskem.models.initialization.kmeans_parallel",
+    "SuffStats": "daskem.kernels.stats",
 }
 
 

@@ -50,6 +50,9 @@ class Family(Protocol):
     def has_converged(self, previous: float, current: float, tol: float) -> bool:
         """Whether the objective moved from ``previous`` to ``current`` by less than ``tol`` (by its rule)."""
 
+    def shifted(self, stats: SuffStats, old: Any, new: Any) -> SuffStats:
+        """Statistics taken at ``old`` moved to the shift of ``new`` (stepwise EM's running statistics)."""
+
     # Optional: ``reseed(stats, params, done) -> (params, lines) | None``, the update with collapsed
     # components re-seeded (``done`` re-seeds made so far), one log line each; None if none is.
 
@@ -81,6 +84,7 @@ class EMResult:
     n_iter: int = 0
     converged: bool = False
     reseeded: int = 0  # collapsed components re-seeded (see the family's ``reseed``)
+    objective_of_params: bool = False  # ``objective`` scores ``params`` themselves (a final scoring pass)
 
 
 def run_em(

@@ -12,10 +12,11 @@ from __future__ import annotations
 
 import uuid
 from collections import Counter
+from fractions import Fraction
 from contextlib import contextmanager
 from contextvars import ContextVar
 from itertools import accumulate
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, Sequence
 
 import dask
 import dask.array as da
@@ -51,8 +52,10 @@ def reduction_graph(
     name: str,
     combine: Callable[[list], Any],
     fan_in: int = DEFAULT_FAN_IN,
+    slabs: Sequence[int] | None = None,
 ) -> Delayed:
-    """The lazy tree ``combine(... kernel(slab, row_start, payload) ...)`` over the slabs of ``X``.
+    """The lazy tree ``combine(... kernel(slab, row_start, payload) ...)`` over the slabs of ``X``
+    (only the slabs numbered in ``slabs``, in that order, when given).
 
     ``payload`` appears once in the graph (key ``{name}-payload``) and every task refers to it by
     key; ``combine`` merges a list of at most ``fan_in`` partial results. Inside ``row_weights(X, w)``
@@ -62,14 +65,15 @@ def reduction_graph(
         raise ValueError(f"fan_in must be at least 2 to reduce in a tree, got {fan_in}")
     payload_node = dask.delayed(payload, name=f"{name}-payload", traverse=False)
     apply_kernel = dask.delayed(kernel, pure=True)
-    slabs = X.to_delayed(optimize_graph=False).ravel()
+    blocks, starts = X.to_delayed(optimize_graph=False).ravel(), slab_row_starts(X)
     weighted = _row_weights.get()
-    weights = [()] * len(slabs)
+    weights = [()] * len(blocks)
     if weighted is not None and weighted[0] == X.name:
         weights = [(block,) for block in weighted[1].to_delayed(optimize_graph=False).ravel()]
+    chosen = range(len(blocks)) if slabs is None else [int(index) for index in slabs]
     level = [
-        apply_kernel(slab, row_start, payload_node, *weight, dask_key_name=(f"{name}-map", index))
-        for index, (slab, row_start, weight) in enumerate(zip(slabs, slab_row_starts(X), weights, strict=True))
+        apply_kernel(blocks[index], starts[index], payload_node, *weights[index], dask_key_name=(f"{name}-map", index))
+        for index in chosen
     ]
     merge = dask.delayed(combine, pure=True)
     depth = 0
@@ -82,15 +86,24 @@ def reduction_graph(
     return level[0]
 
 
-def map_reduce(X: da.Array, kernel, payload, *, name: str, combine, fan_in: int = DEFAULT_FAN_IN) -> Any:
-    """Compute :func:`reduction_graph` and return its root: one compute (one pass over the data), on
-    the active distributed client if there is one, else on Dask's local scheduler."""
-    root = reduction_graph(X, kernel, payload, name=name, combine=combine, fan_in=fan_in)
+def map_reduce(X: da.Array, kernel, payload, *, name: str, combine, fan_in: int = DEFAULT_FAN_IN,
+               slabs: Sequence[int] | None = None) -> Any:
+    """Compute :func:`reduction_graph` and return its root: one compute (one pass over the data, or
+    the fraction ``len(slabs) / n_slabs`` of one), on the active distributed client if there is one,
+    else on Dask's local scheduler."""
+    root = reduction_graph(X, kernel, payload, name=name, combine=combine, fan_in=fan_in, slabs=slabs)
     (result,) = compute(root)
     counts = _pass_counts.get()
     if counts is not None:
-        counts[_current_step.get()] += 1
+        counts[_current_step.get()] += 1 if slabs is None else Fraction(len(slabs), X.numblocks[0])
     return result
+
+
+def pass_count(value) -> int | float:
+    """A number of passes for a person or a JSON file: an int when whole, else a float (stepwise EM
+    and ``partial_fit`` read fractions of the data)."""
+    value = Fraction(value)
+    return int(value) if value.denominator == 1 else float(value)
 
 
 def compute(*collections) -> tuple:

@@ -58,6 +58,20 @@ class SuffStats:
             s2,
         )
 
+    def scaled(self, factor: float) -> "SuffStats":
+        """Every sum times ``factor`` (``n_samples`` too): the statistics of rows weighted by ``factor``."""
+        s2 = None if self.s2 is None else self.s2 * factor
+        return SuffStats(self.n_samples * factor, self.objective * factor, self.nk * factor, self.s1 * factor, s2)
+
+    def shifted(self, old_shift: np.ndarray, new_shift: np.ndarray, covariance=None) -> "SuffStats":
+        """The same statistics around ``new_shift`` instead of ``old_shift`` (both (K, D)), exactly:
+        ``s1' = s1 + nk (c - c')`` and ``s2`` likewise by ``covariance.shifted_second_moments`` (the
+        type that pooled it); the objective does not depend on the shift."""
+        delta = np.asarray(old_shift, dtype=np.float64) - np.asarray(new_shift, dtype=np.float64)
+        s1 = self.s1 + self.nk[:, None] * delta
+        s2 = None if self.s2 is None else covariance.shifted_second_moments(self.s2, self.nk, self.s1, delta)
+        return SuffStats(self.n_samples, self.objective, self.nk, s1, s2)
+
     @property
     def mean_offsets(self) -> np.ndarray:
         """(K, D) weighted mean minus shift, ``s1 / nk``; rows of empty components are 0."""

@@ -74,6 +74,9 @@ class GaussianMixtureFamily:
         """The M-step with collapsed components re-seeded, and a line per re-seed; None if none is
         (see ``daskem.models.reseeding``)."""
         return reseeding.reseed_mixture(self, stats, params, done)
+    def shifted(self, stats: SuffStats, old: GMMParams, new: GMMParams) -> SuffStats:
+        """Statistics taken around ``old``'s means, moved to ``new``'s (stepwise EM's running statistics)."""
+        return stats.shifted(old.means, new.means, self.covariance)
 
     def objective(self, stats: SuffStats) -> float:
         """Mean log-likelihood per row."""
@@ -128,6 +131,9 @@ class KMeansFamily:
     def reseed(self, stats: SuffStats, params: KMeansParams, done: int):
         """Lloyd's update with empty clusters re-seeded, and a line per re-seed; None if none is."""
         return reseeding.reseed_kmeans(self, stats, params, done)
+    def shifted(self, stats: SuffStats, old: KMeansParams, new: KMeansParams) -> SuffStats:
+        """Statistics taken around ``old``'s centres, moved to ``new``'s (stepwise k-means' running statistics)."""
+        return stats.shifted(old.centers, new.centers)
 
     def objective(self, stats: SuffStats) -> float:
         """The inertia: summed squared distance of each row to its nearest centre."""

@@ -4,6 +4,7 @@ passes, keep the best restart of each candidate; checkpointed and pass-counted t
 from __future__ import annotations
 
 import hashlib
+import logging
 from collections import Counter
 from dataclasses import dataclass, replace
 from typing import Any, Sequence
@@ -13,10 +14,14 @@ import numpy as np
 from sklearn.utils import check_random_state
 
 from daskem.engine.checkpoint import Checkpoint, identity_of_array
-from daskem.engine.em import EMResult, run_em
 from daskem.data.checks import check_weight_values, sample_weight_blocks
-from daskem.engine.reduction import compute, counting_passes, row_weights, step
+from daskem.engine.em import EMResult, em_pass, run_em
+from daskem.engine.reduction import compute, counting_passes, pass_count, row_weights, step
+from daskem.engine.stepwise import StepwiseSpec, StepwiseState, run_stepwise, step_size, stepwise_update
+from daskem.kernels.draws import seeds_from
 from daskem.models.initialization import Candidate, InitSpec, initial_params
+
+logger = logging.getLogger("daskem")
 
 # The checkpoint stage that records the seed a fit drew when its random_state was not an int.
 SEED_STAGE = "random_state"
@@ -43,8 +48,10 @@ def fit_restarts(
     run_id: str,
     checkpoint: Checkpoint | None = None,
     weights: da.Array | None = None,
+    stepwise: StepwiseSpec | None = None,
 ) -> FitOutcome:
-    """EM results of every restart of every candidate, all advancing in the same passes over ``X``.
+    """EM results of every restart of every candidate, all advancing in the same passes over ``X``
+    (batch EM, or stepwise EM when ``stepwise`` is given).
 
     ``labels`` name the candidates in the log ("K=4 full"); restarts add " restart r". With a
     ``checkpoint``, initialization and every EM iteration are saved and a saved state is resumed.
@@ -60,13 +67,49 @@ def fit_restarts(
                 initial.append(start)
                 restart_labels.append(f"{label} restart {restart}" if len(candidate_starts) > 1 else label)
                 owners.append(index)
+        logger.info("init: %s pass(es) over the data", pass_count(passes["init"]))
         with step("em"):
-            results = run_em(X, families, initial, max_iter=max_iter, tol=tol, run_id=run_id, fan_in=spec.fan_in,
-                             labels=restart_labels, checkpoint=checkpoint)
+            if stepwise is None:
+                results = run_em(X, families, initial, max_iter=max_iter, tol=tol, run_id=run_id,
+                                 fan_in=spec.fan_in, labels=restart_labels, checkpoint=checkpoint)
+            else:
+                results = run_stepwise(X, families, initial, stepwise, tol=tol, run_id=run_id, fan_in=spec.fan_in,
+                                       labels=restart_labels, checkpoint=checkpoint)
+        logger.info("em: %s pass(es) over the data", pass_count(passes["em"]))
     grouped: list[list[EMResult]] = [[] for _ in candidates]
     for owner, result in zip(owners, results):
         grouped[owner].append(result)
     return FitOutcome(grouped, passes)
+
+
+def stepwise_spec(estimator, random_state) -> StepwiseSpec | None:
+    """The estimator's stepwise settings, or None for batch EM; the slab order is seeded by
+    ``random_state`` (an int once a checkpoint is open, so a resumed fit visits the same order)."""
+    if estimator.algorithm != "stepwise":
+        return None
+    return StepwiseSpec(estimator.max_passes, estimator.steps_per_pass, float(estimator.learning_offset),
+                        float(estimator.learning_decay), seeds_from(random_state, 1)[0])
+
+
+def partial_fit_update(X: da.Array, candidate: Candidate, spec: InitSpec, params, state: StepwiseState | None,
+                       estimator, *, run_id: str) -> tuple[EMResult, StepwiseState, Counter]:
+    """One stepwise update from the rows of ``X`` (``partial_fit``): the model starts from ``X`` when it has
+    no ``params`` yet (one initialization), then one read of ``X`` and one stepwise M-step, exactly as
+    stepwise EM updates after a group of slabs. Returns the result (its objective that of the E-step,
+    at the parameters before the update), the new state and the passes over ``X``."""
+    state = state or StepwiseState()
+    with counting_passes() as passes:
+        if params is None:
+            with step("init"):
+                (starts,) = initial_params(X, [candidate], replace(spec, n_init=1), name=f"{run_id}-init")
+            params = starts[0]
+        with step("em"):
+            (stats,) = em_pass(X, [candidate.family], [EMResult(params, np.nan)], [0], name=f"{run_id}-step",
+                               fan_in=spec.fan_in, check_finite=True)
+        eta = step_size(state.t, float(estimator.learning_offset), float(estimator.learning_decay))
+        new_params, state = stepwise_update(candidate.family, params, state, stats, eta)
+    objective = candidate.family.objective(stats)
+    return EMResult(new_params, objective, [objective], n_iter=state.t), state, passes
 
 
 def best_restart(candidate: Candidate, results: Sequence[EMResult]) -> EMResult:

@@ -17,7 +17,7 @@ from sklearn.utils.validation import check_is_fitted
 
 from daskem.data.checks import as_row_blocks, check_features, check_fitted_arrays
 from daskem.engine.per_row import apply_rows
-from daskem.engine.reduction import new_run_id
+from daskem.engine.reduction import new_run_id, pass_count
 from daskem.kernels.covariance import get_covariance_type
 from daskem.kernels.draws import seeds_from
 from daskem.kernels.sampling import mixture_rows
@@ -32,6 +32,8 @@ from daskem.models.fitting import (
     checked_weights,
     fit_restarts,
     open_checkpoint,
+    partial_fit_update,
+    stepwise_spec,
     weighted_params,
 )
 from daskem.models.initialization import Candidate, ExplicitStart, InitSpec
@@ -40,7 +42,8 @@ from daskem.models.parameters import SHARED_PARAMETER_CONSTRAINTS, Choices
 
 # ``init_params`` choices and the start each one names (see ``daskem.models.initialization``).
 INIT_PARAMS = {
-    "kmeans": "lloyd",
+    "kmeans": "sample_kmeans",
+    "lloyd": "lloyd",
     "k-means||": "k-means||",
     "k-means++": "k-means++",
     "random": "random_responsibilities",
@@ -79,14 +82,18 @@ class GaussianMixture(DensityMixin, BaseEstimator):
     n_init : int, default=1
         Restarts; they advance together, one read of the data per pass for all, and the best
         (highest lower bound) is kept.
-    init_params : {"kmeans", "k-means||", "k-means++", "random", "random_from_data"}, default="kmeans"
-        "kmeans" fits k-means by Lloyd's algorithm on the data, seeded by k-means||
-        (:mod:`daskem.models.initialization.kmeans_parallel`; scikit-learn seeds it by k-means++),
-        then starts from the statistics of the rows nearest each centre. "k-means||" (not in
-        scikit-learn) starts from the rows nearest the k-means|| centres, without Lloyd.
-        "k-means++" and "random_from_data" assign every row to its nearest seed to compute the
-        initial covariances (scikit-learn uses the seed rows alone). "random": responsibilities
-        drawn uniformly per row.
+    init_params : {"kmeans", "lloyd", "k-means||", "k-means++", "random", "random_from_data"}, default="kmeans"
+        How the initial parameters are found; the centres are then turned into initial parameters by
+        one pass (the statistics of the rows nearest each centre). Passes over the data, in all:
+        "kmeans": k-means (4 restarts) on a uniform sample of 256 rows per component (at most
+        ``init_sample_size``), 2 passes (scikit-learn runs k-means on all the data). "lloyd":
+        k-means by Lloyd's algorithm on all the data, seeded by k-means||
+        (:mod:`daskem.models.initialization.kmeans_parallel`): ``init_rounds + 2`` passes plus one per
+        Lloyd iteration. "k-means||" (not in scikit-learn): the k-means|| centres, without Lloyd,
+        ``init_rounds + 2``. "k-means++" and "random_from_data": 2 (scikit-learn computes the initial
+        covariances from the seed rows alone). "random": responsibilities drawn uniformly per row, 1
+        (plus a read of the first row). Several ``n_components`` (``fit_candidates``) and restarts share
+        these passes: the summary is drawn once, for the largest number of components.
     weights_init, means_init, precisions_init : array-like, default=None
         Explicit initial values; given means replace the ``init_params`` centres.
     random_state : int, RandomState instance or None, default=None
@@ -95,11 +102,23 @@ class GaussianMixture(DensityMixin, BaseEstimator):
     fan_in : int, default=8
         (daskem) Partial statistics merged per reduction task.
     init_sample_size : int, default=100_000
-        (daskem) Rows sampled, in one pass, to seed "k-means++".
+        (daskem) Rows sampled, in one pass, to seed "k-means++"; at most this many for "kmeans".
     oversampling_factor : float, default=2.0
         (daskem) k-means||: about ``oversampling_factor * n_components`` candidates drawn per round.
     init_rounds : int, default=5
         (daskem) k-means||: rounds of candidate draws, one pass over the data each.
+    algorithm : {"batch", "stepwise"}, default="batch"
+        (daskem) "batch": an M-step after every pass over the data. "stepwise": stepwise (online)
+        EM, an M-step after every group of slabs (:mod:`daskem.engine.stepwise`), for at most
+        ``max_passes`` passes, then one pass to score the returned parameters.
+    max_passes : int, default=2
+        (daskem) Stepwise: passes over the data; fewer when a pass's objective moved by less than
+        ``tol`` from the previous pass's.
+    steps_per_pass : int, default=10
+        (daskem) Stepwise: groups of slabs per pass, hence M-steps per pass (at most one per slab).
+    learning_offset, learning_decay : float, default=2.0, 0.7
+        (daskem) Stepwise: the t-th group (from 0) weighs ``(t + learning_offset) ** -learning_decay``
+        in the running statistics; ``learning_offset >= 1``, ``0.5 < learning_decay <= 1``.
     warm_start : bool, default=False
         As in scikit-learn: a refit starts from the last fit's solution, with one initialization.
     checkpoint : str or None, default=None
@@ -113,10 +132,13 @@ class GaussianMixture(DensityMixin, BaseEstimator):
     covariances_, precisions_, precisions_cholesky_ : ndarray
         Shaped by the covariance type, as in scikit-learn.
     converged_ : bool
+        Stepwise: whether the last pass's objective moved by less than ``tol`` from the previous pass's.
     n_iter_ : int
-        EM iterations of the best restart.
+        EM iterations (stepwise: M-steps) of the best restart.
     lower_bound_ : float
-        Mean log-likelihood per row at the last E-step (before the final M-step), as in scikit-learn.
+        Mean log-likelihood per row at the last E-step (before the final M-step), as in scikit-learn;
+        stepwise: that of the returned parameters, from the scoring pass; ``partial_fit``: that of
+        its ``X`` before the update.
     lower_bounds_, history_ : list of float
         ``lower_bound_`` at every iteration.
     iteration_seconds_ : list of float
@@ -164,6 +186,11 @@ class GaussianMixture(DensityMixin, BaseEstimator):
         init_sample_size=100_000,
         oversampling_factor=2.0,
         init_rounds=5,
+        algorithm="batch",
+        max_passes=2,
+        steps_per_pass=10,
+        learning_offset=2.0,
+        learning_decay=0.7,
         warm_start=False,
         checkpoint=None,
     ):
@@ -182,6 +209,11 @@ class GaussianMixture(DensityMixin, BaseEstimator):
         self.init_sample_size = init_sample_size
         self.oversampling_factor = oversampling_factor
         self.init_rounds = init_rounds
+        self.algorithm = algorithm
+        self.max_passes = max_passes
+        self.steps_per_pass = steps_per_pass
+        self.learning_offset = learning_offset
+        self.learning_decay = learning_decay
         self.warm_start = warm_start
         self.checkpoint = checkpoint
 
@@ -196,11 +228,13 @@ class GaussianMixture(DensityMixin, BaseEstimator):
         checkpoint, spec = open_checkpoint(self.checkpoint, "GaussianMixture", weighted_params(self, weights, total),
                                            X, spec)
         outcome = fit_restarts(X, [candidate], spec, labels=["gmm"], max_iter=self.max_iter, tol=self.tol,
-                               run_id=new_run_id("gmm"), checkpoint=checkpoint, weights=weights)
+                               run_id=new_run_id("gmm"), checkpoint=checkpoint, weights=weights,
+                               stepwise=stepwise_spec(self, spec.random_state))
         set_fitted(self, best_restart(candidate, outcome.results[0]), X.shape[1])
-        self.n_passes_ = sum(outcome.passes.values())
+        self.n_passes_ = pass_count(sum(outcome.passes.values()))
+        self._stepwise_state = None
         close_checkpoint(self.checkpoint, checkpoint)
-        if not self.converged_:
+        if not self.converged_ and self.algorithm == "batch":
             warnings.warn(
                 f"GaussianMixture did not converge in {self.max_iter} iterations (tol={self.tol}): "
                 "raise max_iter or tol, or check the data's scaling",
@@ -212,6 +246,22 @@ class GaussianMixture(DensityMixin, BaseEstimator):
     def fit_predict(self, X, y=None, sample_weight=None):
         """Fit, then label ``X`` with the fitted model (lazy for Dask input)."""
         return self.fit(X, sample_weight=sample_weight).predict(X)
+
+    def partial_fit(self, X, y=None):
+        """One stepwise EM update from the rows of ``X`` (as after one group of slabs of
+        ``algorithm="stepwise"``); the first call starts the model from ``X`` by ``init_params``.
+        ``lower_bound_`` is then the mean log-likelihood of ``X`` before the update."""
+        fitted = hasattr(self, "means_")
+        X = as_row_blocks(X, min_rows=1 if fitted else self.n_components)
+        candidate, spec = mixture_start(self, X.shape[1])
+        result, self._stepwise_state, passes = partial_fit_update(
+            X, candidate, spec, self._fitted() if fitted else None, getattr(self, "_stepwise_state", None), self,
+            run_id=new_run_id("gmm-partial"))
+        history = list(getattr(self, "history_", [])) if fitted else []
+        set_fitted(self, result, X.shape[1])
+        self.lower_bounds_ = self.history_ = history + result.history
+        self.n_passes_ = pass_count(sum(passes.values()))
+        return self
 
     def _family(self) -> GaussianMixtureFamily:
         return GaussianMixtureFamily(get_covariance_type(self.covariance_type), float(self.reg_covar))

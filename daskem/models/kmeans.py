@@ -14,7 +14,7 @@ from sklearn.utils.validation import check_is_fitted
 
 from daskem.data.checks import as_row_blocks, check_fitted_arrays
 from daskem.engine.per_row import apply_rows
-from daskem.engine.reduction import new_run_id
+from daskem.engine.reduction import new_run_id, pass_count
 from daskem.models.families import KMeansFamily, KMeansParams
 from daskem.models.fitting import (
     best_restart,
@@ -22,6 +22,8 @@ from daskem.models.fitting import (
     checked_weights,
     fit_restarts,
     open_checkpoint,
+    partial_fit_update,
+    stepwise_spec,
     weighted_params,
 )
 from daskem.models.initialization import Candidate, ExplicitStart, InitSpec
@@ -69,6 +71,9 @@ class KMeans(ClusterMixin, TransformerMixin, BaseEstimator):
         (daskem) k-means||: about ``oversampling_factor * n_clusters`` candidates drawn per round.
     init_rounds : int, default=5
         (daskem) k-means||: rounds of candidate draws, one pass over the data each.
+    algorithm, max_passes, steps_per_pass, learning_offset, learning_decay
+        (daskem) As in :class:`daskem.GaussianMixture`: "stepwise" runs stepwise k-means, the centres
+        updated after every group of slabs (defaults "batch", 2, 10, 2.0, 0.7).
     warm_start : bool, default=False
         A refit starts from the last fit's centres, with one initialization (as scikit-learn's
         ``GaussianMixture`` does).
@@ -120,6 +125,11 @@ class KMeans(ClusterMixin, TransformerMixin, BaseEstimator):
         init_sample_size=100_000,
         oversampling_factor=2.0,
         init_rounds=5,
+        algorithm="batch",
+        max_passes=2,
+        steps_per_pass=10,
+        learning_offset=2.0,
+        learning_decay=0.7,
         warm_start=False,
         checkpoint=None,
     ):
@@ -133,8 +143,35 @@ class KMeans(ClusterMixin, TransformerMixin, BaseEstimator):
         self.init_sample_size = init_sample_size
         self.oversampling_factor = oversampling_factor
         self.init_rounds = init_rounds
+        self.algorithm = algorithm
+        self.max_passes = max_passes
+        self.steps_per_pass = steps_per_pass
+        self.learning_offset = learning_offset
+        self.learning_decay = learning_decay
         self.warm_start = warm_start
         self.checkpoint = checkpoint
+
+    def _start(self, n_features: int) -> tuple[Candidate, InitSpec]:
+        """The parameters checked, and the model as a candidate to start with how to start it."""
+        self._validate_params()
+        warm = self.warm_start and hasattr(self, "cluster_centers_")
+        explicit = self.cluster_centers_ if warm else (None if isinstance(self.init, str) else self.init)
+        candidate = Candidate(KMeansFamily(), self.n_clusters,
+                              ExplicitStart.of(self.n_clusters, n_features, means=explicit, means_name="init"))
+        spec = InitSpec(INIT_METHODS.get(self.init) if explicit is None else None, self.random_state, self.n_init,
+                        self.init_sample_size, self.oversampling_factor, self.init_rounds, self.fan_in)
+        return candidate, spec
+
+    def _set_fitted(self, result, n_features: int, passes) -> None:
+        self.n_passes_ = pass_count(sum(passes.values()))
+        self.cluster_centers_ = result.params.centers
+        self.inertia_ = float(result.objective)
+        self.n_iter_ = result.n_iter
+        self.converged_ = result.converged
+        self.n_reseeded_ = result.reseeded
+        self.history_ = list(result.history)
+        self.iteration_seconds_ = list(result.seconds)
+        self.n_features_in_ = n_features
 
     def fit(self, X, y=None, sample_weight=None):
         """Fit the centres to ``X`` (NumPy or a Dask array chunked along rows); ``sample_weight`` (one
@@ -142,28 +179,16 @@ class KMeans(ClusterMixin, TransformerMixin, BaseEstimator):
         self._validate_params()
         data, X = X, as_row_blocks(X, min_rows=self.n_clusters, what="n_clusters")
         weights, total = checked_weights(sample_weight, X)
-        warm = self.warm_start and hasattr(self, "cluster_centers_")
-        explicit = self.cluster_centers_ if warm else (None if isinstance(self.init, str) else self.init)
-        candidate = Candidate(KMeansFamily(), self.n_clusters,
-                              ExplicitStart.of(self.n_clusters, X.shape[1], means=explicit, means_name="init"))
-        spec = InitSpec(INIT_METHODS.get(self.init) if explicit is None else None, self.random_state, self.n_init,
-                        self.init_sample_size, self.oversampling_factor, self.init_rounds, self.fan_in)
+        candidate, spec = self._start(X.shape[1])
         checkpoint, spec = open_checkpoint(self.checkpoint, "KMeans", weighted_params(self, weights, total), X, spec)
         outcome = fit_restarts(X, [candidate], spec, labels=["k-means"], max_iter=self.max_iter, tol=self.tol,
-                               run_id=new_run_id("kmeans"), checkpoint=checkpoint, weights=weights)
-        best = best_restart(candidate, outcome.results[0])
-        self.n_passes_ = sum(outcome.passes.values())
-        self.cluster_centers_ = best.params.centers
-        self.inertia_ = float(best.objective)
-        self.n_iter_ = best.n_iter
-        self.converged_ = best.converged
-        self.n_reseeded_ = best.reseeded
-        self.history_ = list(best.history)
-        self.iteration_seconds_ = list(best.seconds)
-        self.n_features_in_ = X.shape[1]
+                               run_id=new_run_id("kmeans"), checkpoint=checkpoint, weights=weights,
+                               stepwise=stepwise_spec(self, spec.random_state))
+        self._set_fitted(best_restart(candidate, outcome.results[0]), X.shape[1], outcome.passes)
+        self._stepwise_state = None
         self.labels_ = self.predict(data)  # lazy for Dask input, as in dask-ml
         close_checkpoint(self.checkpoint, checkpoint)
-        if not self.converged_:
+        if not self.converged_ and self.algorithm == "batch":
             warnings.warn(
                 f"KMeans did not converge in {self.max_iter} iterations (tol={self.tol}): raise max_iter or tol",
                 ConvergenceWarning,
@@ -174,6 +199,22 @@ class KMeans(ClusterMixin, TransformerMixin, BaseEstimator):
     def fit_predict(self, X, y=None, sample_weight=None):
         """Fit, then label ``X`` with the fitted centres (lazy for Dask input)."""
         return self.fit(X, sample_weight=sample_weight).predict(X)
+
+    def partial_fit(self, X, y=None):
+        """One stepwise update of the centres from the rows of ``X`` (as after one group of slabs of
+        ``algorithm="stepwise"``, and like scikit-learn's ``MiniBatchKMeans.partial_fit``); the first
+        call seeds the centres from ``X`` by ``init``. ``inertia_`` is then that of ``X`` before the update."""
+        fitted = hasattr(self, "cluster_centers_")
+        X = as_row_blocks(X, min_rows=1 if fitted else self.n_clusters, what="n_clusters")
+        candidate, spec = self._start(X.shape[1])
+        params = KMeansParams(self.cluster_centers_) if fitted else None
+        history = list(self.history_) if fitted else []
+        result, self._stepwise_state, passes = partial_fit_update(
+            X, candidate, spec, params, getattr(self, "_stepwise_state", None), self,
+            run_id=new_run_id("kmeans-partial"))
+        self._set_fitted(result, X.shape[1], passes)
+        self.history_ = history + result.history
+        return self
 
     def row_kernel(self):
         """A picklable ``kernel(rows, names) -> {name: array}`` for the per-row outputs ``labels``,

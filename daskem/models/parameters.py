@@ -28,6 +28,9 @@ class Choices(StrOptions):
         return "one of " + ", ".join(repr(option) for option in self.ordered)
 
 
+# How EM updates the parameters: after a pass over all the data, or after every group of slabs.
+ALGORITHMS = ("batch", "stepwise")
+
 # The parameter rules both estimators share: iterations, restarts, seeds and the engine's settings.
 SHARED_PARAMETER_CONSTRAINTS = {
     "n_init": [Interval(Integral, 1, None, closed="left")],
@@ -39,6 +42,12 @@ SHARED_PARAMETER_CONSTRAINTS = {
     "oversampling_factor": [Interval(Real, 0.0, None, closed="neither")],
     "init_rounds": [Interval(Integral, 1, None, closed="left")],
     "warm_start": ["boolean"],
+    "algorithm": [Choices(ALGORITHMS)],
+    "max_passes": [Interval(Integral, 1, None, closed="left")],
+    "steps_per_pass": [Interval(Integral, 1, None, closed="left")],
+    # eta_t = (t + offset) ** -decay stays in (0, 1]; decay in (0.5, 1] meets Robbins-Monro's conditions
+    "learning_offset": [Interval(Real, 1.0, None, closed="left")],
+    "learning_decay": [Interval(Real, 0.5, 1.0, closed="right")],
     "checkpoint": [str, os.PathLike, Checkpoint, None],
 }
 

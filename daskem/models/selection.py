@@ -3,8 +3,9 @@
 Out of core, reading the data dominates, so every candidate (a number of components, a covariance
 type, a restart) advances in the same pass: each slab is read once per iteration for all of them,
 the task looping over candidates one at a time to bound memory, and a converged candidate drops
-out of later passes. One last pass scores every candidate's final parameters, so the criteria are
-computed from the parameters returned, as scikit-learn's ``bic(X)`` and ``aic(X)`` do.
+out of later passes. One last pass scores every candidate's final parameters (unless stepwise EM
+has), so the criteria are computed from the parameters returned, as scikit-learn's ``bic(X)`` and
+``aic(X)`` do.
 """
 
 from __future__ import annotations
@@ -15,9 +16,9 @@ from typing import Sequence
 
 from daskem.data.checks import as_row_blocks
 from daskem.engine.em import em_pass
-from daskem.engine.reduction import counting_passes, new_run_id, row_weights, step
+from daskem.engine.reduction import counting_passes, new_run_id, pass_count, row_weights, step
 from daskem.models.families import information_criteria
-from daskem.models.fitting import checked_weights, close_checkpoint, fit_restarts, open_checkpoint
+from daskem.models.fitting import checked_weights, close_checkpoint, fit_restarts, open_checkpoint, stepwise_spec
 from daskem.models.gaussian_mixture import GaussianMixture, mixture_start, set_fitted
 
 logger = logging.getLogger("daskem")
@@ -97,7 +98,8 @@ def fit_candidates(
     run_id = new_run_id("select")
     outcome = fit_restarts(X, candidates, spec, max_iter=first.max_iter, tol=first.tol, run_id=run_id,
                            labels=[f"K={e.n_components} {e.covariance_type}" for e in estimators],
-                           checkpoint=checkpoint_file, weights=weights)
+                           checkpoint=checkpoint_file, weights=weights,
+                           stepwise=stepwise_spec(first, spec.random_state))
     owners = [(estimator, candidate, restart, result) for estimator, candidate, results in
               zip(estimators, candidates, outcome.results) for restart, result in enumerate(results)]
     with counting_passes() as scoring, step("scoring"), row_weights(X, weights):
@@ -112,7 +114,7 @@ def fit_candidates(
     order = sorted(range(len(table)), key=lambda i: _score(table[i], criterion))
     best_estimator, _, _, best_result = owners[order[0]]
     set_fitted(best_estimator, best_result, X.shape[1])
-    best_estimator.n_passes_ = sum(outcome.passes.values()) + sum(scoring.values())
+    best_estimator.n_passes_ = pass_count(sum(outcome.passes.values()) + sum(scoring.values()))
     ranked = [table[i] for i in order]
     _log_table(ranked, criterion)
     close_checkpoint(checkpoint, checkpoint_file)
@@ -125,9 +127,14 @@ def _scores(X, owners, *, name: str, fan_in: int, checkpoint) -> list[float]:
     if saved is not None:
         return saved
     families = [candidate.family for _, candidate, _, _ in owners]
-    final = em_pass(X, families, [result for *_, result in owners], list(range(len(owners))), name=name, fan_in=fan_in)
-    scores = [family.objective(stats) for family, stats in zip(families, final)]
-    logger.info("scoring: the returned parameters of %d candidate(s) in one pass", len(owners))
+    results = [result for *_, result in owners]
+    unscored = [i for i, result in enumerate(results) if not result.objective_of_params]
+    scores = [result.objective for result in results]
+    if unscored:
+        final = em_pass(X, families, results, unscored, name=name, fan_in=fan_in)
+        for index, stats in zip(unscored, final):
+            scores[index] = families[index].objective(stats)
+        logger.info("scoring: the returned parameters of %d candidate(s) in one pass", len(unscored))
     if checkpoint is not None:
         checkpoint.save(SCORE_STAGE, scores)
     return scores

@@ -35,6 +35,7 @@ from daskem.kernels.covariance import COVARIANCE_TYPES
 from daskem.models.gaussian_mixture import INIT_PARAMS, GaussianMixture
 from daskem.models.kmeans import INIT_METHODS, KMeans
 from daskem.models.outliers import CONTAMINATION_MAX, check_outlier_rule
+from daskem.models.parameters import ALGORITHMS
 from daskem.models.selection import CRITERIA, fit_candidates
 
 ESTIMATORS = {"gmm": GaussianMixture, "kmeans": KMeans}
@@ -208,6 +209,25 @@ class ModelConfig(_Section):
     )
     init_rounds: Optional[int] = Field(
         None, description=f"k-means|| initialization: rounds of candidate draws, {_defaults('init_rounds')}."
+    )
+    algorithm: Optional[str] = Field(
+        None,
+        description=f"{' | '.join(ALGORITHMS)}: batch EM (an M-step after every pass) or stepwise EM (an M-step "
+        f"after every group of slabs, a few passes in all), {_defaults('algorithm')}.",
+    )
+    max_passes: Optional[int] = Field(
+        None, description=f"Stepwise: passes over the data before the scoring pass, {_defaults('max_passes')}."
+    )
+    steps_per_pass: Optional[int] = Field(
+        None, description=f"Stepwise: groups of slabs (M-steps) per pass, {_defaults('steps_per_pass')}."
+    )
+    learning_offset: Optional[float] = Field(
+        None,
+        description="Stepwise: the t-th group weighs (t + learning_offset) ** -learning_decay in the running "
+        f"statistics; at least 1, {_defaults('learning_offset')}.",
+    )
+    learning_decay: Optional[float] = Field(
+        None, description=f"Stepwise: see learning_offset; in (0.5, 1], {_defaults('learning_decay')}."
     )
 
     @property

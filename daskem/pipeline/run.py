@@ -24,7 +24,7 @@ from typing import Any, Iterator
 
 from daskem.data.checks import check_enough_rows
 from daskem.data.stores import DataSource, check_chunks, open_data, open_weights, redacted
-from daskem.engine.reduction import DEFAULT_FAN_IN, counting_passes, step
+from daskem.engine.reduction import DEFAULT_FAN_IN, counting_passes, pass_count, step
 from daskem.errors import ConfigError, DaskemUserError, DataError, OutputError
 from daskem.models.fitting import checked_weights
 from daskem.models.preprocessing import PreprocessedModel, check_pca_width
@@ -180,7 +180,8 @@ def run(config: DaskemConfig, *, progress: bool = True, restart: bool = False) -
                 "outputs": {"model": "model", "predictions": "predictions.zarr" if written else None,
                             "arrays": written, "report": f"{REPORT_DIR}/index.html" if config.output.report else None},
                 "timings": {k: round(v, 3) for k, v in timings.items()},
-                "passes": {**{name: passes.get(name, 0) for name in PASS_STEPS}, "total": sum(passes.values())},
+                "passes": {**{name: pass_count(passes.get(name, 0)) for name in PASS_STEPS},
+                           "total": pass_count(sum(passes.values()))},
             }, secrets)}
             if config.output.report:
                 with out.written_here(REPORT_DIR) as report:

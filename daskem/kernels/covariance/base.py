@@ -132,6 +132,14 @@ class CovarianceType(ABC):
         correction = self._cross(centred_shift, weighted_sums) - _per_component(nk, outer) * outer
         return self._weighted_products(rows, resp) - self._pool(correction)
 
+    def shifted_second_moments(
+        self, s2: np.ndarray, nk: np.ndarray, s1: np.ndarray, delta: np.ndarray
+    ) -> np.ndarray:
+        """Second moments around ``c' = c - delta`` from those around ``c`` (exact algebra):
+        ``sum_i r_ik (y_i + d_k)(y_i + d_k)^T = s2_k + d_k s1_k^T + s1_k d_k^T + n_k d_k d_k^T``."""
+        outer = self._outer(delta)
+        return np.asarray(s2, dtype=np.float64) + self._pool(self._cross(delta, s1) + _per_component(nk, outer) * outer)
+
     def covariances_from_stats(
         self, nk: np.ndarray, offsets: np.ndarray, s2: np.ndarray, reg_covar: float
     ) -> np.ndarray:

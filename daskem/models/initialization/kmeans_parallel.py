@@ -245,13 +245,16 @@ def kmeans_parallel(
     fan_in: int = DEFAULT_FAN_IN,
     checkpoint: Checkpoint | None = None,
     stage: str = "k-means||",
+    smallest: int | None = None,
 ) -> list[KMeansParallelResult]:
     """k-means|| for each seed, all seeds in the same ``n_rounds + 1`` passes (see the module doc).
 
     With fewer than k distinct candidates, the missing centres are the distinct rows of a
     D^2-weighted sample of the rows no candidate covers (drawn in the counting pass); only if X has
     fewer than k distinct rows are centres repeated, with a warning. ``oversampling_factor`` and
-    ``n_rounds`` are the estimators' validated parameters (``SHARED_PARAMETER_CONSTRAINTS``). With a
+    ``n_rounds`` are the estimators' validated parameters (``SHARED_PARAMETER_CONSTRAINTS``). When
+    fewer centres will also be taken from the same candidates (``smallest``, see :func:`centers_for`),
+    the candidates are weighted whenever there are more than ``smallest`` of them. With a
     ``checkpoint``, the candidates are saved after every round and the result at the end, and a saved
     state is resumed.
     """
@@ -271,7 +274,8 @@ def kmeans_parallel(
         _save(checkpoint, stage, state)
     candidates, sizes, costs = state["candidates"], state["sizes"], state["costs"]
     covered = {i for i in range(len(seeds)) if costs[i][-1] == 0}
-    needs = [i for i in range(len(seeds)) if len(candidates[i]) > n_clusters
+    reduced = n_clusters if smallest is None else min(smallest, n_clusters)
+    needs = [i for i in range(len(seeds)) if len(candidates[i]) > reduced
              or (len(candidates[i]) < n_clusters and i not in covered)]
     counted = {}
     if needs:
@@ -328,9 +332,11 @@ def _final_centers(candidates, weights, fallback, n_clusters: int, seed: int) ->
     return centers
 
 
-def kmeans_parallel_centers(X, n_clusters, seeds, *, oversampling_factor=2.0, n_rounds=5, name, fan_in,
-                            checkpoint=None, stage="k-means||") -> list:
-    """The k-means|| centres alone, one (k, D) array per seed."""
-    return [result.centers for result in kmeans_parallel(
-        X, n_clusters, seeds, oversampling_factor=oversampling_factor, n_rounds=n_rounds, name=name, fan_in=fan_in,
-        checkpoint=checkpoint, stage=stage)]
+def centers_for(result: KMeansParallelResult, n_clusters: int, seed: int) -> np.ndarray:
+    """``n_clusters`` centres (at most the number ``result`` was drawn for) from its weighted
+    candidates: so one k-means|| summary, drawn for the largest size, serves every smaller one."""
+    if n_clusters == len(result.centers):
+        return result.centers
+    if len(result.candidates) > n_clusters:
+        return reduce_candidates(result.candidates, result.weights, n_clusters, seed)
+    return result.centers[:n_clusters]

@@ -2,10 +2,10 @@
 
 A candidate is a family (a covariance type and ``reg_covar``, or k-means) with a number of
 components. Explicit initial values are validated once, when the ``ExplicitStart`` is built. Centres
-are seeded once per number of components, for every restart seed, and shared by all candidates of
-that size; a single pass then computes, for every candidate and restart at once, the statistics its
-start needs (the rows nearest its centres, or random responsibilities), so a grid of candidates costs
-the seeding passes plus one.
+are seeded from one summary of the data for every number of components and restart seed at once,
+and shared by all candidates of that size; a single pass then computes, for every candidate and
+restart at once, the statistics its start needs (the rows nearest its centres, or random
+responsibilities), so a grid of candidates costs the passes of one seeding plus one.
 """
 
 from __future__ import annotations
@@ -131,8 +131,13 @@ def initial_params(X: da.Array, candidates: Sequence[Candidate], spec: InitSpec,
     saved = checkpoint.load(STAGE) if checkpoint is not None else None
     if saved is not None:
         return saved
+    seeds = seeds_from(spec.random_state, spec.n_init)
+    seeded = [c for c in candidates if not c.explicit.complete and c.explicit.means is None]
     centers_by_size: dict[int, list[np.ndarray]] = {}
-    seeds_by_size: dict[int, list[int]] = {}
+    if seeded and spec.method != RANDOM_RESPONSIBILITIES:  # one summary of the data for every size
+        sizes = [c.n_components for c in seeded]
+        centers_by_size = seed_centers(X, sizes, seeds, spec.seeding(), name=f"{name}-{max(sizes)}",
+                                       checkpoint=checkpoint, stage=f"{STAGE}/centers")
     plans: list[list] = []  # per candidate: a start, or a StartRequest to fill in from the data
     first_row = None
     for candidate in candidates:
@@ -142,17 +147,12 @@ def initial_params(X: da.Array, candidates: Sequence[Candidate], spec: InitSpec,
             continue
         if candidate.explicit.means is not None:
             centers = [candidate.explicit.means]
+        elif spec.method == RANDOM_RESPONSIBILITIES:
+            first_row = _first_row(X) if first_row is None else first_row
+            shift = np.tile(first_row, (k, 1))
+            plans.append([StartRequest(family, seed=seed, shift=shift) for seed in seeds])
+            continue
         else:
-            if k not in seeds_by_size:
-                seeds_by_size[k] = seeds_from(spec.random_state, spec.n_init)
-            if spec.method == RANDOM_RESPONSIBILITIES:
-                first_row = _first_row(X) if first_row is None else first_row
-                shift = np.tile(first_row, (k, 1))
-                plans.append([StartRequest(family, seed=seed, shift=shift) for seed in seeds_by_size[k]])
-                continue
-            if k not in centers_by_size:
-                centers_by_size[k] = seed_centers(X, k, seeds_by_size[k], spec.seeding(), name=f"{name}-{k}",
-                                                  checkpoint=checkpoint, stage=f"{STAGE}/k={k}")
             centers = centers_by_size[k]
         if family.starts_from_center_stats:
             plans.append([StartRequest(family, centers=c) for c in centers])
