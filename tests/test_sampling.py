@@ -108,6 +108,11 @@ def test_sample_refuses_bad_arguments_in_one_line(saved, tmp_path, in_process, a
     assert not (tmp_path / "s.zarr").exists()
 
 
+def test_sample_refuses_an_object_store_output_in_one_line(saved, in_process):
+    done = in_process("sample", saved / "gmm", "--rows", 10, "-o", "s3://bucket/s.zarr")
+    assert_one_error_line(done, "'s3://bucket/s.zarr': daskem sample writes a local Zarr group")
+
+
 @pytest.mark.parametrize("model, message", [
     ("kmeans", "holds a KMeans, which has no density to sample; give a gmm model"),
     ("missing", "no model.json there"),

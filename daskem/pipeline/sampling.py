@@ -55,7 +55,11 @@ class SampleConfig(_Section):
     @field_validator("output")
     @classmethod
     def _local_output(cls, value: str) -> str:
-        return OutputConfig._local_only(value)
+        path = OutputConfig._local_or_shared(value)
+        if "://" in path:
+            raise ValueError(f"{value!r}: daskem sample writes a local Zarr group (a path or file:// URL); "
+                             "write it locally, then copy it to the object store")
+        return path
 
 
 def sample_kernel(params, covariance, seed: int, index: np.ndarray, names) -> dict[str, np.ndarray]:
