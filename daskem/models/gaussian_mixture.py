@@ -253,6 +253,8 @@ class GaussianMixture(DensityMixin, BaseEstimator):
         ``lower_bound_`` is then the mean log-likelihood of ``X`` before the update."""
         fitted = hasattr(self, "means_")
         X = as_row_blocks(X, min_rows=1 if fitted else self.n_components)
+        if fitted:
+            check_features(X, self.n_features_in_, "GaussianMixture")
         candidate, spec = mixture_start(self, X.shape[1])
         result, self._stepwise_state, passes = partial_fit_update(
             X, candidate, spec, self._fitted() if fitted else None, getattr(self, "_stepwise_state", None), self,

@@ -12,7 +12,7 @@ from sklearn.exceptions import ConvergenceWarning
 from sklearn.utils._param_validation import Interval
 from sklearn.utils.validation import check_is_fitted
 
-from daskem.data.checks import as_row_blocks, check_fitted_arrays
+from daskem.data.checks import as_row_blocks, check_features, check_fitted_arrays
 from daskem.engine.per_row import apply_rows
 from daskem.engine.reduction import new_run_id, pass_count
 from daskem.models.families import KMeansFamily, KMeansParams
@@ -206,6 +206,8 @@ class KMeans(ClusterMixin, TransformerMixin, BaseEstimator):
         call seeds the centres from ``X`` by ``init``. ``inertia_`` is then that of ``X`` before the update."""
         fitted = hasattr(self, "cluster_centers_")
         X = as_row_blocks(X, min_rows=1 if fitted else self.n_clusters, what="n_clusters")
+        if fitted:
+            check_features(X, self.n_features_in_, "KMeans")
         candidate, spec = self._start(X.shape[1])
         params = KMeansParams(self.cluster_centers_) if fitted else None
         history = list(self.history_) if fitted else []
