@@ -69,29 +69,50 @@ def s3_server(bucket: str = "daskem", host: str = "127.0.0.1") -> Iterator[S3Ser
     ``bucket`` and an access key, then turn on request authentication; shut the server down and forget
     its state on the way out."""
     import boto3
+
+    if _running:  # moto keeps its state per process: this server serves the same buckets and keys
+        with _serving(host) as endpoint:
+            first = _running[0]
+            if bucket != first.bucket:
+                boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1", aws_access_key_id=first.key,
+                             aws_secret_access_key=first.secret).create_bucket(Bucket=bucket)
+            yield S3Server(endpoint, bucket, first.key, first.secret)
+        return
+    with _serving(host) as endpoint:
+        try:
+            setup = dict(endpoint_url=endpoint, region_name="us-east-1", aws_access_key_id="setup",
+                         aws_secret_access_key="setup")
+            iam = boto3.client("iam", **setup)
+            iam.create_user(UserName="daskem")
+            iam.put_user_policy(UserName="daskem", PolicyName="all", PolicyDocument=json.dumps(ALLOW_ALL))
+            issued = iam.create_access_key(UserName="daskem")["AccessKey"]
+            boto3.client("s3", **setup).create_bucket(Bucket=bucket)
+            _moto_api(endpoint, "reset-auth", b"0")  # from now on every request must be signed by a known key
+            _running.append(S3Server(endpoint, bucket, issued["AccessKeyId"], issued["SecretAccessKey"]))
+            yield _running[0]
+        finally:
+            _running.clear()
+            _moto_api(endpoint, "reset-auth", b"inf")
+            _moto_api(endpoint, "reset", b"")
+
+
+# The server that set moto's state up in this process; another one started meanwhile shares it.
+_running: list[S3Server] = []
+
+
+@contextmanager
+def _serving(host: str) -> Iterator[str]:
+    """moto's application served on ``host``, a free port, in a thread; its endpoint URL."""
     from werkzeug.serving import make_server
 
     server = make_server(host, 0, _moto_application(), threaded=True, request_handler=_QuietHandler)
     thread = threading.Thread(target=server.serve_forever, name="moto-s3", daemon=True)
     thread.start()
-    endpoint = f"http://{host}:{server.server_address[1]}"
     try:
-        setup = dict(endpoint_url=endpoint, region_name="us-east-1", aws_access_key_id="setup",
-                     aws_secret_access_key="setup")
-        iam = boto3.client("iam", **setup)
-        iam.create_user(UserName="daskem")
-        iam.put_user_policy(UserName="daskem", PolicyName="all", PolicyDocument=json.dumps(ALLOW_ALL))
-        issued = iam.create_access_key(UserName="daskem")["AccessKey"]
-        boto3.client("s3", **setup).create_bucket(Bucket=bucket)
-        _moto_api(endpoint, "reset-auth", b"0")  # from now on every request must be signed by a known key
-        yield S3Server(endpoint, bucket, issued["AccessKeyId"], issued["SecretAccessKey"])
+        yield f"http://{host}:{server.server_address[1]}"
     finally:
-        try:
-            _moto_api(endpoint, "reset-auth", b"inf")
-            _moto_api(endpoint, "reset", b"")
-        finally:
-            server.shutdown()
-            thread.join()
+        server.shutdown()
+        thread.join()
 
 
 class _QuietHandler(WSGIRequestHandler):

@@ -232,7 +232,8 @@ def reference(tmp_path_factory, big_store):
 
 
 @pytest.mark.cluster
-@pytest.mark.parametrize("marker", ["gmm iteration 4:", "k-means|| round 2/"], ids=["during-em", "during-init"])
+@pytest.mark.parametrize("marker", ["gmm iteration 4:", pytest.param("k-means|| round 2/", marks=pytest.mark.slow)],
+                         ids=["during-em", "during-init"])  # init's resume is also checked in process, stage by stage
 def test_killed_run_resumes_with_the_same_model_and_fewer_passes(tmp_path, big_store, reference, marker):
     output = tmp_path / "out"
     config = write_config(tmp_path / "run.yaml", run_config(big_store, output))
@@ -250,6 +251,7 @@ def test_killed_run_resumes_with_the_same_model_and_fewer_passes(tmp_path, big_s
 
 
 @pytest.mark.cluster
+@pytest.mark.slow  # the identity check itself is tested in process; this is the same through the CLI
 def test_a_changed_config_refuses_the_checkpoint_and_restart_starts_afresh(tmp_path, big_store):
     output = tmp_path / "out"
     kill_when(write_config(tmp_path / "run.yaml", run_config(big_store, output)), tmp_path, "gmm iteration 2:")

@@ -29,6 +29,7 @@ def small_config(**cluster) -> dict:
 
 
 @pytest.mark.cluster
+@pytest.mark.slow  # runs on running schedulers are in every run through the scheduler-file and TLS tests
 def test_remote_cluster_gives_the_same_model_as_the_embedded_one(tmp_path, run_cli, scheduler_address):
     make_data(str(tmp_path / "blobs.zarr"), n_samples=4000, n_features=2, n_components=3, chunk_rows=500, seed=2)
     config = {
