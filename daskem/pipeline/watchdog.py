@@ -50,7 +50,9 @@ class ClusterWatchdog:
                     break
                 except TimeoutError:  # still running: look at the cluster, then wait again
                     self._check()
-            return self.client.gather(futures)
+            results = self.client.gather(futures)
+            self._check()  # a worker lost and replaced within one short pass is still logged
+            return results
         except KilledWorker as exc:
             raise ClusterError(
                 f"every worker that ran one task died while running it ({_first_line(exc)}); a worker killed "
