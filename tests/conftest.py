@@ -76,13 +76,3 @@ def s3():
     with s3_server() as server:
         yield server
 
-
-def pytest_collection_modifyitems(config, items):
-    """Files that start clusters (marked ``cluster``) run first, the most such tests first: the suite's
-    processes take a file at a time, and a long file taken last would leave one of them running alone."""
-    weight: dict[str, int] = {}
-    for item in items:
-        weight[item.nodeid.split("::")[0]] = weight.get(item.nodeid.split("::")[0], 0) + bool(
-            item.get_closest_marker("cluster"))
-    order = {name: rank for rank, name in enumerate(sorted(weight, key=lambda name: (-weight[name], name)))}
-    items.sort(key=lambda item: order[item.nodeid.split("::")[0]])  # stable: a file's own order is kept

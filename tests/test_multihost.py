@@ -105,11 +105,11 @@ def test_a_fit_across_network_namespaces_survives_a_worker_cut_off_mid_fit(tmp_p
     with ExitStack() as stack:
         network = stack.enter_context(hosts(["scheduler", "worker-1", "worker-2"]))
         server = stack.enter_context(s3_server(host=network.address))
-        make_data(server.url("blobs.zarr"), n_samples=60_000, n_features=8, n_components=4, chunk_rows=6_000,
+        make_data(server.url("multihost/blobs.zarr"), n_samples=60_000, n_features=8, n_components=4, chunk_rows=6_000,
                   seed=4, storage_options=server.storage_options())
         address = stack.enter_context(dask_hosts(network, tmp_path))
         config = {
-            "data": {"path": server.url("blobs.zarr"), "array": "X", "storage_options": server.config_options(),
+            "data": {"path": server.url("multihost/blobs.zarr"), "array": "X", "storage_options": server.config_options(),
                      "chunk_rows": 6_000},
             "model": {"kind": "gmm", "n_components": 4, "covariance_type": "full", "init": "random_from_data",
                       "max_iter": 6, "tol": 0.0, "random_state": 0},
