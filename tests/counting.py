@@ -82,3 +82,10 @@ def recorded_gathers(client):
     finally:
         client.unregister_worker_plugin(ResultSizes.name)
         client.unregister_scheduler_plugin(WantedKeys.name)
+
+
+def loaded_modules(names: list[str]) -> list[str]:
+    """Which of ``names`` this process has imported (run on workers; this module imports no scikit-learn)."""
+    import sys
+
+    return sorted(name for name in names if name in sys.modules)

@@ -8,7 +8,7 @@ import dask
 import dask.array as da
 import numpy as np
 import pytest
-from counting import counted_array, recorded_gathers
+from counting import counted_array, loaded_modules, recorded_gathers
 from distributed import Client, LocalCluster
 from sklearn.datasets import make_blobs
 
@@ -158,3 +158,12 @@ def test_several_candidates_advance_in_one_pass_and_match_separate_fits(tmp_path
 def test_map_reduce_refuses_a_fan_in_below_two():
     with pytest.raises(ValueError, match="fan_in must be at least 2"):
         map_reduce(da.zeros((4, 2), chunks=2), lambda b, r, p: b, None, name="x", combine=list, fan_in=1)
+
+
+def test_the_workers_run_every_pass_of_a_fit_and_its_outputs_without_importing_scikit_learn(client):
+    """scikit-learn (and scipy.stats under it) costs every worker seconds to import; it runs only on the client."""
+    X = da.from_array(_blobs(), chunks=500)
+    kmeans = daskem.KMeans(4, random_state=0, max_iter=5).fit(X)
+    gmm = daskem.GaussianMixture(4, random_state=0, max_iter=5).fit(X)
+    dask.compute(kmeans.predict(X), kmeans.transform(X), gmm.predict_proba(X), gmm.score_samples(X))
+    assert set(map(tuple, client.run(loaded_modules, ["sklearn", "scipy.stats", "matplotlib"]).values())) == {()}

@@ -114,7 +114,7 @@ def test_a_fit_across_network_namespaces_survives_a_worker_cut_off_mid_fit(tmp_p
             "model": {"kind": "gmm", "n_components": 4, "covariance_type": "full", "init": "random_from_data",
                       "max_iter": 6, "tol": 0.0, "random_state": 0},
             "cluster": {"address": address, "timeout": 60},
-            "output": {"path": "uncut", "labels": False},
+            "output": {"path": "uncut", "labels": False, "report": False},
         }
         env = cli_env(**server.env(tmp_path))
         command = [sys.executable, "-m", "daskem", "run", str(write_config(tmp_path / "c.yaml", config)),

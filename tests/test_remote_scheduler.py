@@ -25,7 +25,7 @@ def scheduler_address(tmp_path):
 
 def small_config(**cluster) -> dict:
     return {"data": {"path": "blobs.zarr", "array": "X"}, "model": {"kind": "kmeans", "n_components": 2},
-            "cluster": cluster, "output": {"path": "out"}}
+            "cluster": cluster, "output": {"path": "out", "report": False}}
 
 
 @pytest.mark.cluster

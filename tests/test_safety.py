@@ -221,7 +221,7 @@ def test_a_secret_from_the_environment_is_in_neither_run_json_nor_the_logs(tmp_p
     done = run_cli("run", write_config(tmp_path / "c.yaml", config), "-v", "--no-progress",
                    env={"DASKEM_TEST_SECRET": "sw0rdf1sh-9d2e"})
     assert done.returncode == 0, done.stderr
-    written = [(tmp_path / "out" / name).read_text() for name in ("run.json", "model/model.json")]
+    written = [(tmp_path / "out" / name).read_text() for name in ("run.json", "model/model.json", "report/index.html")]
     for secret in ("sw0rdf1sh-9d2e", "literal-pw-42"):
         assert all(secret not in text for text in written) and secret not in done.stderr + done.stdout
     options = json.loads(written[0])["config"]["data"]["storage_options"]
@@ -242,7 +242,7 @@ def test_a_secret_that_is_a_word_of_daskem_s_own_text_leaves_the_output_replacea
         "data": {"path": "in.zarr", "array": "X", "storage_options": {"token": "${DASKEM_TEST_SECRET}"}},
         "model": {"kind": "kmeans", "n_components": 2, "max_iter": 3},
         "cluster": {"n_workers": 1, "threads_per_worker": 1, "memory_limit": "1GiB", "dashboard": False},
-        "output": {"path": "out", "overwrite": True},
+        "output": {"path": "out", "overwrite": True, "report": False},
     }
     path = write_config(tmp_path / "c.yaml", config)
     for _ in range(2):

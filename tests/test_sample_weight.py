@@ -115,7 +115,7 @@ def test_config_data_weights_fits_as_the_api_and_bad_weights_exit_2(tmp_path, ru
     init = {"kind": "kmeans", "n_components": 2, "random_state": 0}
     config = {"data": {"path": str(store), "array": "X", "weights": "w"}, "model": init,
               "cluster": {"n_workers": 1, "threads_per_worker": 1, "memory_limit": "1GiB", "dashboard": False},
-              "output": {"path": str(tmp_path / "out")}}
+              "output": {"path": str(tmp_path / "out"), "report": False}}
     done = run_cli("run", write_config(tmp_path / "c.yaml", config))
     assert done.returncode == 0, done.stderr
     api = daskem.KMeans(2, random_state=0).fit(X, sample_weight=weights)

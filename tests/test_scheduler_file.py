@@ -18,7 +18,7 @@ FAST = {"DASK_DISTRIBUTED__COMM__TIMEOUTS__CONNECT": "1s"}  # how long a missing
 def run_config(**cluster) -> dict:
     return {"data": {"path": "blobs.zarr", "array": "X"},
             "model": {"kind": "kmeans", "n_components": 3, "init": "k-means++", "max_iter": 5, "random_state": 0},
-            "cluster": cluster, "output": {"path": "out"}}
+            "cluster": cluster, "output": {"path": "out", "report": False}}
 
 
 @pytest.mark.cluster

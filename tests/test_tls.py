@@ -72,7 +72,7 @@ def store(tmp_path_factory) -> Path:
 def run_config(store: Path, **cluster) -> dict:
     return {"data": {"path": str(store), "array": "X"},
             "model": {"kind": "kmeans", "n_components": 3, "init": "k-means++", "max_iter": 5, "random_state": 0},
-            "cluster": cluster, "output": {"path": "out"}}
+            "cluster": cluster, "output": {"path": "out", "report": False}}
 
 
 @pytest.mark.cluster

@@ -8,7 +8,6 @@ and a task recomputed after a lost worker draws the same numbers.
 from __future__ import annotations
 
 import numpy as np
-from sklearn.utils import check_random_state
 
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
 _MIX1 = np.uint64(0xBF58476D1CE4E5B9)
@@ -40,5 +39,7 @@ def row_uniforms(seed: int, stream: int, row_start: int, n_rows: int, n_columns:
 
 def seeds_from(random_state, count: int) -> list[int]:
     """``count`` integer seeds from a scikit-learn ``random_state`` (None, int or RandomState)."""
+    from sklearn.utils import check_random_state  # on the client only: the workers' kernels need no scikit-learn
+
     generator = check_random_state(random_state)
     return [int(seed) for seed in generator.randint(_MAX_SEED, size=count)]

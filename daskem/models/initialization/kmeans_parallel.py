@@ -38,8 +38,6 @@ from typing import NamedTuple, Sequence
 import dask
 import dask.array as da
 import numpy as np
-from sklearn.cluster import KMeans as LocalKMeans
-from sklearn.cluster import kmeans_plusplus
 
 from daskem.engine.checkpoint import Checkpoint
 from daskem.engine.reduction import DEFAULT_FAN_IN, compute, map_reduce, slab_row_starts
@@ -228,6 +226,8 @@ def reduce_candidates(candidates: np.ndarray, weights: np.ndarray, n_clusters: i
     """k centres from more than k weighted candidates: weighted k-means++, then weighted Lloyd to a
     fixed point (tol=0). Each candidate is a data row, so it counts for at least itself: a weight of 0
     (rounding between nearly equal candidates) is raised to 1 so k-means++ never repeats a centre."""
+    from sklearn.cluster import KMeans as LocalKMeans, kmeans_plusplus  # client only (see seeding._local_kmeans)
+
     weights = np.maximum(np.asarray(weights, dtype=np.float64), 1.0)
     start, _ = kmeans_plusplus(candidates, n_clusters, sample_weight=weights, random_state=seed)
     lloyd = LocalKMeans(n_clusters, init=start, n_init=1, tol=0.0, random_state=seed, algorithm="lloyd")

@@ -29,8 +29,6 @@ from typing import Sequence
 
 import dask.array as da
 import numpy as np
-from sklearn.cluster import KMeans as LocalKMeans
-from sklearn.cluster import kmeans_plusplus
 
 from daskem.engine.checkpoint import Checkpoint
 from daskem.engine.em import run_em
@@ -125,6 +123,10 @@ def sample_kmeans_centers(X, sizes, seeds, spec: SeedingSpec, *, name, checkpoin
 
 def _local_kmeans(rows: np.ndarray, weights, n_clusters: int, seed: int) -> np.ndarray:
     """Centres of k-means on rows in memory (weighted when ``weights`` is given), best of several restarts."""
+    # scikit-learn runs on the client only, so it is imported on use: workers unpickle tasks that
+    # name this module and should not load it.
+    from sklearn.cluster import KMeans as LocalKMeans
+
     kmeans = LocalKMeans(n_clusters, n_init=SAMPLE_KMEANS_RESTARTS, max_iter=KMEANS_FOR_GMM_MAX_ITER,
                          tol=KMEANS_FOR_GMM_TOL, random_state=seed)
     return kmeans.fit(rows, sample_weight=weights).cluster_centers_
@@ -132,6 +134,8 @@ def _local_kmeans(rows: np.ndarray, weights, n_clusters: int, seed: int) -> np.n
 
 def kmeans_plusplus_centers(X, sizes, seeds, spec: SeedingSpec, *, name, checkpoint, stage) -> dict[int, list]:
     """k-means++ seeding on one bounded sample of rows, one set of centres per size and seed."""
+    from sklearn.cluster import kmeans_plusplus  # client only (see _local_kmeans)
+
     (sample,) = sample_rows(X, max(spec.sample_size, max(sizes)), seeds[:1], name=name, fan_in=spec.fan_in)
     return {k: [kmeans_plusplus(sample, k, random_state=seed)[0] for seed in seeds] for k in sizes}
 
