@@ -82,6 +82,18 @@ def test_stepwise_em_reaches_batch_em_within_1e_3_per_row_in_3_passes(counted, c
     assert stepwise.lower_bound_ >= batch.score(X) - 1e-3
 
 
+@pytest.mark.parametrize("covariance_type", list(COVARIANCE_TYPES))
+def test_stepwise_em_s_last_pass_averages_every_row_so_it_ends_at_batch_em_s_optimum(covariance_type):
+    """16 slabs in 10 groups of 1 or 2: were the last pass weighted by the step size, as the first is,
+    its last M-step would see mostly the last groups (1e-3 to 1e-4 per row short here); averaged by
+    rows, it sees every row once."""
+    X = da.from_array(_mixture(SPREADS["separated"], n_rows=16_000, seed=3), chunks=(CHUNK_ROWS, -1))
+    batch = daskem.GaussianMixture(4, covariance_type=covariance_type, random_state=0).fit(X)
+    stepwise = daskem.GaussianMixture(4, covariance_type=covariance_type, random_state=0, algorithm="stepwise",
+                                      max_passes=2, steps_per_pass=10).fit(X)
+    assert stepwise.score(X) == pytest.approx(batch.score(X), abs=1e-5)
+
+
 def test_stepwise_kmeans_reaches_an_inertia_within_1_percent_of_lloyds(counted):
     X = counted[1]
     lloyd = daskem.KMeans(4, random_state=0, tol=0).fit(X)

@@ -4,7 +4,10 @@ Batch EM reads the whole data for every M-step. Stepwise EM (Sato & Ishii 2000; 
 2009; Liang & Klein 2009) visits the slabs in a seeded random order, in groups; after each group it
 blends the group's statistics into running statistics, ``S <- (1 - eta_t) S + eta_t G / n_G`` with
 ``eta_t = (t + learning_offset) ** -learning_decay`` (the running statistics start at zero; the
-M-step does not depend on their scale), and applies the M-step to them on the client. The running
+M-step does not depend on their scale), and applies the M-step to them on the client. When there is
+more than one pass, the last one averages instead: each group weighs its share of the rows read so far
+in that pass (``eta = n_G / n_pass``), so the final M-step sees every row once, at nearly converged
+parameters, as batch EM's last M-step does, not mostly the last few groups. The running
 statistics are kept around the current means (centres): after every M-step they are moved to the
 new ones exactly (``SuffStats.shifted``). After ``max_passes`` passes (or earlier, when a whole
 pass's objective moved by less than ``tol``) one batch pass scores the final parameters, so the
@@ -143,7 +146,7 @@ def _step(X, families, state: dict, slabs: np.ndarray, spec: StepwiseSpec, n_row
     all_stats = map_reduce(X, candidate_stats, payload, name=name, combine=merge_candidates, fan_in=fan_in,
                            slabs=slabs)
     seconds = time.perf_counter() - started
-    eta = spec.step_size(state["t"])
+    averaging = spec.max_passes > 1 and state["pass"] == spec.max_passes - 1
     for index, group in zip(active, all_stats):
         if group.n_samples == 0:  # a group of empty slabs says nothing
             continue
@@ -153,6 +156,7 @@ def _step(X, families, state: dict, slabs: np.ndarray, spec: StepwiseSpec, n_row
         totals = state["pass_totals"][index]
         totals[0] += group.n_samples
         totals[1] += group.objective
+        eta = group.n_samples / totals[0] if averaging else spec.step_size(state["t"])
         carried = StepwiseState(state["t"], state["running"][index])
         result.params, carried = stepwise_update(family, result.params, carried, group, eta)
         state["running"][index] = carried.running

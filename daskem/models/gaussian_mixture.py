@@ -118,7 +118,8 @@ class GaussianMixture(DensityMixin, BaseEstimator):
         (daskem) Stepwise: groups of slabs per pass, hence M-steps per pass (at most one per slab).
     learning_offset, learning_decay : float, default=2.0, 0.7
         (daskem) Stepwise: the t-th group (from 0) weighs ``(t + learning_offset) ** -learning_decay``
-        in the running statistics; ``learning_offset >= 1``, ``0.5 < learning_decay <= 1``.
+        in the running statistics; ``learning_offset >= 1``, ``0.5 < learning_decay <= 1``. The last
+        of several passes averages its groups by rows instead.
     warm_start : bool, default=False
         As in scikit-learn: a refit starts from the last fit's solution, with one initialization.
     checkpoint : str or None, default=None
