@@ -16,6 +16,7 @@ from scalar_covariance import ScalarCovariance
 from sklearn.mixture import GaussianMixture
 
 from daskem.kernels.covariance import COVARIANCE_TYPES, MatrixCovariance, get_covariance_type, register
+from daskem.kernels.mixture import SlabSums
 from daskem.kernels.tiles import CentredRows
 
 # Every built-in type, then the toy type the shared suite registers for the length of a test.
@@ -66,9 +67,9 @@ def chunk_s2(cov, X, resp, shift) -> np.ndarray:
     """Second moments of one slab around ``shift`` (K, D), weighted by ``resp`` (n, K), pooled by type."""
     shift = np.asarray(shift, dtype=np.float64)
     reference = shift.mean(axis=0)
-    rows = CentredRows.of(X, reference)
-    resp = np.asarray(resp, dtype=np.float64)
-    return cov.second_moments(rows, resp, shift - reference, resp.T @ rows.values)
+    sums = SlabSums(cov, shift - reference)
+    sums.add(CentredRows.of(X, reference), np.array(resp, dtype=np.float64), np.zeros(len(X)))
+    return sums.stats().s2
 
 
 def weighted_covariances(X, resp) -> np.ndarray:

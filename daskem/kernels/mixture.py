@@ -63,13 +63,11 @@ def gmm_chunk_stats(X: np.ndarray, params: GMMParams, cov: CovarianceType, weigh
     ``s1 = a_k - n_k d_k`` without the cancellation of ``resp.T @ X - n_k mu_k`` on offset data.
     """
     mixture = PreparedMixture.of(params, cov)
-    n_components, n_features = mixture.centred_means.shape
-    total = SuffStats.zeros(n_components, n_features, cov.s2_shape(n_components, n_features))
+    sums = SlabSums(cov, mixture.centred_means)
     for start, rows in tiles(X, mixture.reference):
         log_norm, log_resp = mixture.log_responsibilities(rows)
-        resp = np.exp(log_resp, out=log_resp)
-        total = total + weighted_stats(rows, resp, mixture.centred_means, log_norm, cov, tile_weights(weights, start, rows))
-    return total
+        sums.add(rows, np.exp(log_resp, out=log_resp), log_norm, tile_weights(weights, start, rows))
+    return sums.stats()
 
 
 def tile_weights(weights: np.ndarray | None, start: int, rows: CentredRows) -> np.ndarray | None:
@@ -77,20 +75,46 @@ def tile_weights(weights: np.ndarray | None, start: int, rows: CentredRows) -> n
     return None if weights is None else np.asarray(weights[start : start + rows.n_rows], dtype=np.float64)
 
 
-def weighted_stats(rows: CentredRows, resp, centred_shift, per_row_objective, cov,
-                   weights: np.ndarray | None = None) -> SuffStats:
-    """Statistics of one tile under responsibilities ``resp`` (scaled in place by the row ``weights``
-    when given), shifted by ``centred_shift``; the objective sums ``per_row_objective`` (n,) with the
-    same weights; no second moments when ``cov`` is None (k-means)."""
-    if weights is None:
-        n_samples, objective = rows.n_rows, float(np.sum(per_row_objective))
-    else:
-        resp *= weights[:, None]
-        n_samples, objective = float(weights.sum()), float(np.dot(per_row_objective, weights))
-    nk = resp.sum(axis=0)
-    sums = resp.T @ rows.values
-    s2 = None if cov is None else cov.second_moments(rows, resp, centred_shift, sums)
-    return SuffStats(n_samples, objective, nk, sums - nk[:, None] * centred_shift, s2)
+class SlabSums:
+    """The sums over the tiles of one slab, made into shifted ``SuffStats`` once, at the end.
+
+    Counts, weighted sums and second products add tile by tile, in float64 and in place; the
+    correction for the shift ``centred_shift`` and the unpacking of the products depend on the tiles
+    only through those sums, so they run once per slab rather than once per tile. Without a
+    covariance type (k-means) there are no second moments.
+    """
+
+    def __init__(self, cov: CovarianceType | None, centred_shift: np.ndarray):
+        self.cov, self.centred_shift = cov, centred_shift
+        self.n_samples, self.objective = 0, 0.0
+        self.nk = np.zeros(centred_shift.shape[0])
+        self.sums = np.zeros(centred_shift.shape)
+        self.products = None
+
+    def add(self, rows: CentredRows, resp: np.ndarray, per_row_objective: np.ndarray,
+            weights: np.ndarray | None = None) -> None:
+        """Add one tile under responsibilities ``resp`` (scaled in place by the row ``weights`` when
+        given); the objective sums ``per_row_objective`` (n,) with the same weights."""
+        if weights is None:
+            self.n_samples += rows.n_rows
+            self.objective += float(np.sum(per_row_objective))
+        else:
+            resp *= weights[:, None]
+            self.n_samples += float(weights.sum())
+            self.objective += float(np.dot(per_row_objective, weights))
+        self.nk += resp.sum(axis=0)
+        self.sums += resp.T @ rows.values
+        if self.cov is not None:
+            products = self.cov.weighted_products(rows, resp)
+            if self.products is None:
+                self.products = products
+            else:
+                self.products += products
+
+    def stats(self) -> SuffStats:
+        s1 = self.sums - self.nk[:, None] * self.centred_shift
+        s2 = None if self.cov is None else self.cov.second_moments(self.products, self.nk, self.sums, self.centred_shift)
+        return SuffStats(self.n_samples, self.objective, self.nk, s1, s2)
 
 
 def resp_chunk_stats(X: np.ndarray, resp: np.ndarray, shift: np.ndarray, cov: CovarianceType,
@@ -98,13 +122,11 @@ def resp_chunk_stats(X: np.ndarray, resp: np.ndarray, shift: np.ndarray, cov: Co
     """Statistics of one slab under given responsibilities (n, K), shifted by ``shift`` (K, D)."""
     shift = np.asarray(shift, dtype=np.float64)
     reference = shift.mean(axis=0)
-    n_components, n_features = shift.shape
-    total = SuffStats.zeros(n_components, n_features, cov.s2_shape(n_components, n_features))
+    sums = SlabSums(cov, shift - reference)
     for start, rows in tiles(X, reference):
         tile_resp = np.array(resp[start : start + rows.n_rows], dtype=np.float64)
-        total = total + weighted_stats(rows, tile_resp, shift - reference, np.zeros(rows.n_rows), cov,
-                                       tile_weights(weights, start, rows))
-    return total
+        sums.add(rows, tile_resp, np.zeros(rows.n_rows), tile_weights(weights, start, rows))
+    return sums.stats()
 
 
 def row_outputs(X: np.ndarray, params: GMMParams, cov: CovarianceType, names: Iterable[str]) -> dict[str, np.ndarray]:

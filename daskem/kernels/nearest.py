@@ -14,7 +14,7 @@ from typing import Iterator
 import numpy as np
 
 from daskem.kernels.covariance.base import CovarianceType
-from daskem.kernels.mixture import tile_weights, weighted_stats
+from daskem.kernels.mixture import SlabSums, tile_weights
 from daskem.kernels.stats import SuffStats
 from daskem.kernels.tiles import CentredRows, tile_rows, tiles
 
@@ -76,16 +76,14 @@ def hard_chunk_stats(X: np.ndarray, centers: np.ndarray, cov: CovarianceType | N
     the row ``weights`` when given (an integer weight is the row repeated).
     """
     prepared = PreparedCenters.of(centers)
-    n_components, n_features = prepared.centred.shape
-    components = np.arange(n_components)
-    total = SuffStats.zeros(n_components, n_features, None if cov is None else cov.s2_shape(n_components, n_features))
+    components = np.arange(prepared.centred.shape[0])
+    sums = SlabSums(cov, prepared.centred)
     for start, rows, labels, distances in prepared.tiles(X):
         nearest = distances[np.arange(rows.n_rows), labels] + rows.norms
-        one_hot = rows.take("one_hot", (rows.n_rows, n_components))
+        one_hot = rows.take("one_hot", (rows.n_rows, len(components)))
         np.equal(labels[:, None], components, out=one_hot, casting="unsafe")
-        total = total + weighted_stats(rows, one_hot, prepared.centred, np.maximum(nearest, 0.0), cov,
-                                       tile_weights(weights, start, rows))
-    return total
+        sums.add(rows, one_hot, np.maximum(nearest, 0.0), tile_weights(weights, start, rows))
+    return sums.stats()
 
 
 def kmeans_transform(X: np.ndarray, centers: np.ndarray) -> np.ndarray:

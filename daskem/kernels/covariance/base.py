@@ -57,8 +57,9 @@ class CovarianceType(ABC):
         """Name the parameter entry at ``index`` for an error message, e.g. 'covariance of component 2'."""
 
     @abstractmethod
-    def _weighted_products(self, rows: CentredRows, resp: np.ndarray) -> np.ndarray:
-        """``sum_i r_ik y_i y_i^T`` (or its diagonal), pooled to this type's shape."""
+    def weighted_products(self, rows: CentredRows, resp: np.ndarray) -> np.ndarray:
+        """``sum_i r_ik y_i y_i^T`` (or its diagonal) of one tile, pooled to this type's shape, in the
+        layout that tiles add in (``_unpacked`` turns their sum into that shape)."""
 
     @abstractmethod
     def density_terms(self, centred_means: np.ndarray, precisions_cholesky: np.ndarray) -> Any:
@@ -119,18 +120,22 @@ class CovarianceType(ABC):
         return self.covariances_shape(n_components, n_features)
 
     def second_moments(
-        self, rows: CentredRows, resp: np.ndarray, centred_shift: np.ndarray, weighted_sums: np.ndarray
+        self, products: np.ndarray, nk: np.ndarray, weighted_sums: np.ndarray, centred_shift: np.ndarray
     ) -> np.ndarray:
         """Second moments around the shift ``c_k``, from rows centred at a common reference ``g``.
 
         ``sum_i r_ik (y_i - d_k)(y_i - d_k)^T = S_k - d_k a_k^T - a_k d_k^T + n_k d_k d_k^T`` with
-        ``d_k = c_k - g`` and ``a_k = sum_i r_ik y_i`` (``weighted_sums``): one product over the rows
-        for all components, then a correction the size of the spread between the means.
+        ``d_k = c_k - g``, ``S_k`` the summed ``weighted_products`` and ``a_k = sum_i r_ik y_i``
+        (``weighted_sums``): the products over the rows, then a correction the size of the spread
+        between the means, once per slab.
         """
-        nk = resp.sum(axis=0)
         outer = self._outer(centred_shift)
         correction = self._cross(centred_shift, weighted_sums) - _per_component(nk, outer) * outer
-        return self._weighted_products(rows, resp) - self._pool(correction)
+        return self._unpacked(products, centred_shift.shape[1]) - self._pool(correction)
+
+    def _unpacked(self, products: np.ndarray, n_features: int) -> np.ndarray:
+        """Summed ``weighted_products`` in this type's shape (they are already, unless a type packs them)."""
+        return products
 
     def shifted_second_moments(
         self, s2: np.ndarray, nk: np.ndarray, s1: np.ndarray, delta: np.ndarray

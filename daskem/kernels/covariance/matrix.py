@@ -114,9 +114,13 @@ class FullCovariance(MatrixCovariance):
     def _describe(self, index, noun):
         return f"{noun} of component {index[0]}"
 
-    def _weighted_products(self, rows, resp):
-        """All K matrices ``sum_i r_ik y_i y_i^T`` in one GEMM over the packed outer products."""
-        return unpack_symmetric(rows.packed_outer @ resp, rows.values.shape[1])
+    def weighted_products(self, rows, resp):
+        """All K matrices ``sum_i r_ik y_i y_i^T`` in one GEMM over the packed outer products, left
+        packed ((P, K) upper triangles) until the slab's sum is unpacked once."""
+        return rows.packed_outer @ resp
+
+    def _unpacked(self, products, n_features):
+        return unpack_symmetric(products, n_features)
 
     def density_terms(self, centred_means, precisions_cholesky):
         """(K, P) packed precisions, ``-2 Lambda_k m_k`` as a D x K matrix, and ``m_k^T Lambda_k m_k``."""
@@ -156,7 +160,7 @@ class TiedCovariance(MatrixCovariance):
     def _describe(self, index, noun):
         return f"the tied {noun}"
 
-    def _weighted_products(self, rows, resp):
+    def weighted_products(self, rows, resp):
         """``sum_i (sum_k r_ik) y_i y_i^T``: pooling before the product needs one D x D GEMM, not K."""
         weighted = np.multiply(rows.values, resp.sum(axis=1)[:, None], out=rows.take("weighted", rows.values.shape))
         return weighted.T @ rows.values

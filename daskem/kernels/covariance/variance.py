@@ -20,7 +20,7 @@ class VarianceCovariance(CovarianceType):
     def _cross(self, shift, sums):
         return 2.0 * shift * sums
 
-    def _weighted_products(self, rows, resp):
+    def weighted_products(self, rows, resp):
         """``sum_i r_ik y_i**2`` for all components in one GEMM, pooled by type."""
         return self._pool(resp.T @ rows.squares)
 
