@@ -22,6 +22,8 @@ import dask
 import dask.array as da
 import numpy as np
 from dask.delayed import Delayed
+from dask._task_spec import DataNode, List, Task, TaskRef  # what dask's own collections build
+from dask.highlevelgraph import HighLevelGraph
 
 DEFAULT_FAN_IN = 8
 
@@ -63,27 +65,33 @@ def reduction_graph(
     """
     if fan_in < 2:  # not a user check (the estimators validate fan_in): with 1 the loop below never ends
         raise ValueError(f"fan_in must be at least 2 to reduce in a tree, got {fan_in}")
-    payload_node = dask.delayed(payload, name=f"{name}-payload", traverse=False)
-    apply_kernel = dask.delayed(kernel, pure=True)
-    blocks, starts = X.to_delayed(optimize_graph=False).ravel(), slab_row_starts(X)
+    payload_key = f"{name}-payload"
+    layer: dict = {payload_key: DataNode(payload_key, payload)}
+    dependencies = [X]
     weighted = _row_weights.get()
-    weights = [()] * len(blocks)
+    weights_name = None
     if weighted is not None and weighted[0] == X.name:
-        weights = [(block,) for block in weighted[1].to_delayed(optimize_graph=False).ravel()]
-    chosen = range(len(blocks)) if slabs is None else [int(index) for index in slabs]
-    level = [
-        apply_kernel(blocks[index], starts[index], payload_node, *weights[index], dask_key_name=(f"{name}-map", index))
-        for index in chosen
-    ]
-    merge = dask.delayed(combine, pure=True)
+        weights_name = weighted[1].name
+        dependencies.append(weighted[1])
+    starts = slab_row_starts(X)
+    chosen = range(X.numblocks[0]) if slabs is None else [int(index) for index in slabs]
+    level = []
+    for index in chosen:  # one task per slab, built directly: no Delayed object or token per task
+        block = TaskRef((X.name, index, *(0,) * (X.ndim - 1)))
+        extra = () if weights_name is None else (TaskRef((weights_name, index)),)
+        key = (f"{name}-map", index)
+        layer[key] = Task(key, kernel, block, starts[index], TaskRef(payload_key), *extra)
+        level.append(key)
     depth = 0
     while len(level) > 1 or depth == 0:  # a single slab still passes through combine once
-        level = [
-            merge(level[start : start + fan_in], dask_key_name=(f"{name}-reduce{depth}", start // fan_in))
-            for start in range(0, len(level), fan_in)
-        ]
-        depth += 1
-    return level[0]
+        merged = []
+        for start in range(0, len(level), fan_in):
+            key = (f"{name}-reduce{depth}", start // fan_in)
+            layer[key] = Task(key, combine, List(*(TaskRef(part) for part in level[start : start + fan_in])))
+            merged.append(key)
+        level, depth = merged, depth + 1
+    graph = HighLevelGraph.from_collections(f"{name}-tree", layer, dependencies=dependencies)
+    return Delayed(level[0], graph, layer=f"{name}-tree")
 
 
 def map_reduce(X: da.Array, kernel, payload, *, name: str, combine, fan_in: int = DEFAULT_FAN_IN,
