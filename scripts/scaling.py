@@ -312,21 +312,34 @@ def print_model(cases: list[dict], per_task: float, args) -> None:
                   f"{m['gathered']:11,d} {m['payload']:11,d} {m['scheduler']:8.2f} {m['compute']:9.2f} "
                   f"{m['read']:7.2f} {m['tail']:7.2f} {m['expected']:10.2f} {m['pessimistic']:10.2f}  {m['bound']}")
     print()
-    print("   where the scheduler bounds a pass: the slab size at which dispatch equals the workers' work,")
-    print("   (2 + 1/(fan-in - 1)) tasks per slab x cost per task x workers x bytes/s per worker;")
-    print("   the largest slab that still gives every thread one slab is data / (workers x cores)")
+    print_break_even(cases, per_task, args)
+
+
+# dask.distributed's documentation: "Each task suffers about 1ms of overhead."
+DOCUMENTED_PER_TASK = 1e-3
+
+
+def print_break_even(cases: list[dict], per_task: float, args) -> None:
+    """For each case and cluster, the slab size below which the scheduler bounds a pass, against
+    the slab daskem plans; at the measured cost per task and at dask's documented one."""
     data = args.data_tb * TB
-    print(f"{'model':7} {'D':>4} {'K':>4} " + " ".join(f"{f'{w:,d} workers: need MiB / have MiB':>36}"
-                                                      for w in args.model_workers))
-    for c in cases:
-        cells = []
-        for n_workers in args.model_workers:
-            need = break_even_slab(c, n_workers, per_task, args)
-            planned = model_pass(c, n_workers, per_task, args)["slab_bytes"]
-            one_per_thread = data / (n_workers * args.cores)
-            flag = "ok" if planned >= need else ("FIX: larger slabs" if need <= one_per_thread else "BOUND at any slab")
-            cells.append(f"{need / MiB:9.1f} / {planned / MiB:7.1f} {flag:>17}")
-        print(f"{c['model']:7} {c['D']:4d} {c['K']:4d} " + " ".join(f"{cell:>36}" for cell in cells))
+    print("   where the scheduler bounds a pass: below the slab size at which dispatch takes as long as the")
+    print("   workers' work, (2 + 1/(fan-in - 1)) tasks per slab x cost per task x workers x bytes/s per worker;")
+    print("   each cell: needed slab MiB / planned slab MiB, slabs per worker at the needed size, and")
+    print("   ok (planned >= needed), 'larger' (raise the slab size) or '<threads' (the needed slab leaves a")
+    print(f"   worker fewer slabs than its {args.cores} threads)")
+    for label, cost in ((f"measured {per_task:.2e} s", per_task), ("documented 1 ms", DOCUMENTED_PER_TASK)):
+        print(f"   per task: {label}")
+        print(f"{'model':7} {'D':>4} {'K':>4} " + " ".join(f"{f'{w:,d} workers':>34}" for w in args.model_workers))
+        for c in cases:
+            cells = []
+            for n_workers in args.model_workers:
+                need = break_even_slab(c, n_workers, cost, args)
+                planned = model_pass(c, n_workers, cost, args)["slab_bytes"]
+                per_worker = data / (n_workers * need)
+                flag = "ok" if planned >= need else ("larger" if per_worker >= args.cores else "<threads")
+                cells.append(f"{need / MiB:7.1f} / {planned / MiB:5.1f} {per_worker:9.1f}/w {flag:>8}")
+            print(f"{c['model']:7} {c['D']:4d} {c['K']:4d} " + " ".join(f"{cell:>34}" for cell in cells))
     print()
 
 
@@ -338,7 +351,7 @@ def parse_args(argv=None):
                         help="fewer rows than a slab when one kernel call would take longer")
     parser.add_argument("--tasks", default=None,
                         help="comma-separated numbers of slabs (map tasks) to simulate; default 1000, 4000, "
-                             "1 TB at the default slab size, 16000")
+                             "1 TB at the default slab size, 16000 (minutes of CPU)")
     parser.add_argument("--workers", type=int, default=2, help="worker processes (1 thread each) of the simulation")
     parser.add_argument("--fan-in", type=int, default=DEFAULT_FAN_IN)
     parser.add_argument("--data-tb", type=float, default=1.0, help="data size of the model, in TB (1e12 bytes)")
