@@ -200,8 +200,9 @@ def idle_rates(me, seconds: float) -> tuple[float, float]:
     return (time.process_time() - cpu) / wall, (children_cpu(me) - workers) / wall
 
 
-def print_scheduler(runs: list[dict], args) -> float:
-    """Print the runs; return the serial per-task cost the model uses (client build + scheduler CPU)."""
+def print_scheduler(runs: list[dict], args) -> tuple[float, float]:
+    """Print the runs; return the per-task costs the model uses: serial (client build + scheduler
+    CPU) and on a worker (its CPU per task it runs), medians over the runs."""
     print(f"3. scheduler: daskem's pass graph of no-op tasks (fan-in {args.fan_in}) on a LocalCluster of "
           f"{args.workers} worker processes x 1 thread")
     idle = runs[0]["idle"] if runs else (0.0, 0.0)
@@ -220,11 +221,12 @@ def print_scheduler(runs: list[dict], args) -> float:
     serial = np.array([r["build"] + r["scheduler"] for r in runs])
     walls = np.array([r["wall"] + r["build_wall"] for r in runs])
     per_task = float(np.median(serial / tasks))
+    worker = float(np.median([r["workers"] / r["tasks"] for r in runs]))
     if len(runs) >= 2:
         slope, intercept = np.polyfit(tasks, walls, 1)
         print(f"   linearity: build + compute wall = {intercept:.3f} s + {slope:.3e} s x tasks (least squares); "
               f"serial/task from {min(serial / tasks):.2e} to {max(serial / tasks):.2e}")
-    print(f"   model's scheduler cost per task: the median serial/task, {per_task:.3e} s")
+    print(f"   model's costs per task: the medians, serial {per_task:.3e} s, on a worker {worker:.3e} s")
     print("   check of the model's scheduler figure (tasks x cost per task) against the simulation:")
     for r in runs:
         predicted = r["tasks"] * per_task
@@ -232,7 +234,7 @@ def print_scheduler(runs: list[dict], args) -> float:
         print(f"     {r['tasks']:7,d} tasks: model {predicted:7.2f} s, simulated build + compute wall {measured:7.2f} s "
               f"(ratio {measured / predicted:.2f}), serial cpu {r['build'] + r['scheduler']:7.2f} s")
     print()
-    return per_task
+    return per_task, worker
 
 
 # ------------------------------------------------------------------------------ 4. model
@@ -251,8 +253,9 @@ def pass_tasks(n_slabs: int, fan_in: int) -> tuple[int, int]:
     return 2 * n_slabs + tree + 2, depth
 
 
-def model_pass(case: dict, n_workers: int, per_task: float, args, slab_bytes: int | None = None) -> dict:
-    """Seconds of one pass over ``--data-tb`` TB for one kernel case on ``n_workers`` workers."""
+def model_pass(case: dict, n_workers: int, costs: tuple[float, float], args, slab_bytes: int | None = None) -> dict:
+    """Seconds of one pass over ``--data-tb`` TB for one kernel case on ``n_workers`` workers, with
+    ``costs`` = (serial, worker) seconds per task; slabs as daskem plans them unless ``slab_bytes``."""
     data = int(args.data_tb * TB)
     row_bytes = FLOAT32 * case["D"]
     rows = data // row_bytes
@@ -264,9 +267,11 @@ def model_pass(case: dict, n_workers: int, per_task: float, args, slab_bytes: in
     slabs = math.ceil(rows / slab_rows)
     tasks, depth = pass_tasks(slabs, args.fan_in)
     net = args.net_mb_s * 1e6
-    scheduler = tasks * per_task
-    compute = rows * case["per_row"] / cores
-    read = data / (n_workers * args.read_mb_s * 1e6)
+    serial, worker = costs
+    scheduler = tasks * serial
+    # Equal slabs run in waves of one per thread; each slab also costs its tasks' worker-side overhead.
+    compute = math.ceil(slabs / cores) * (slab_rows * case["per_row"] + tasks / slabs * worker)
+    read = math.ceil(slabs / n_workers) * slab_rows * row_bytes / (args.read_mb_s * 1e6)
     tree = depth * (args.fan_in * case["stats_bytes"] / net + (args.fan_in - 1) * case["add"])
     broadcast = case["payload_bytes"] / net * (1 + math.ceil(math.log2(max(2, n_workers))))
     tail = tree + case["stats_bytes"] / net + broadcast
@@ -287,15 +292,17 @@ def break_even_slab(case: dict, n_workers: int, per_task: float, args) -> float:
     return tasks_per_slab * per_task * n_workers * per_worker
 
 
-def print_model(cases: list[dict], per_task: float, args) -> None:
+def print_model(cases: list[dict], costs: tuple[float, float], args) -> None:
+    per_task = costs[0]
     print(f"4. model: one pass (one EM iteration, one candidate) over {args.data_tb:g} TB of float32 rows")
     print(f"   a worker = {args.cores} cores (one thread each, one-core kernel rates of table 1), "
           f"{args.worker_memory_gib} GiB, reads {args.read_mb_s:g} MB/s from object storage, "
           f"moves {args.net_mb_s:g} MB/s between workers;")
     print(f"   slabs as daskem plans them (slab_bytes_for_cluster: at most {DEFAULT_SLAB_BYTES // MiB} MiB, "
           f"at least {TASKS_PER_THREAD} slabs per thread, at most 1/8 of a worker's memory);")
-    print(f"   scheduler = tasks x {per_task:.2e} s (table 3); compute = rows x s/row / cores; "
-          "read = bytes / (workers x read rate);")
+    print(f"   scheduler = tasks x {per_task:.2e} s (serial/task of table 3); compute = waves of one slab per "
+          f"thread x (slab rows x s/row + tasks per slab x {costs[1]:.2e} s, workers/task of table 3);")
+    print("   read = slabs per worker x slab bytes / read rate;")
     print("   tail = reduction tree (depth x (fan-in x stats bytes / net + (fan-in - 1) x add s)) + gather + "
           "payload broadcast (payload / net x (1 + log2 workers));")
     print("   expected = max(compute, read, scheduler) + tail (dispatch overlaps the workers' work); "
@@ -306,20 +313,21 @@ def print_model(cases: list[dict], per_task: float, args) -> None:
     print(header)
     for c in cases:
         for n_workers in args.model_workers:
-            m = model_pass(c, n_workers, per_task, args)
+            m = model_pass(c, n_workers, costs, args)
             print(f"{c['model']:7} {c['D']:4d} {c['K']:4d} {n_workers:7,d} {m['rows']:10.3g} "
                   f"{m['slab_bytes'] / MiB:8.1f} {m['slabs']:8,d} {m['tasks']:8,d} {m['depth']:5d} "
                   f"{m['gathered']:11,d} {m['payload']:11,d} {m['scheduler']:8.2f} {m['compute']:9.2f} "
                   f"{m['read']:7.2f} {m['tail']:7.2f} {m['expected']:10.2f} {m['pessimistic']:10.2f}  {m['bound']}")
     print()
-    print_break_even(cases, per_task, args)
+    print_break_even(cases, costs, args)
+    print_best_slabs(cases, costs, args)
 
 
 # dask.distributed's documentation: "Each task suffers about 1ms of overhead."
 DOCUMENTED_PER_TASK = 1e-3
 
 
-def print_break_even(cases: list[dict], per_task: float, args) -> None:
+def print_break_even(cases: list[dict], costs: tuple[float, float], args) -> None:
     """For each case and cluster, the slab size below which the scheduler bounds a pass, against
     the slab daskem plans; at the measured cost per task and at dask's documented one."""
     data = args.data_tb * TB
@@ -328,18 +336,38 @@ def print_break_even(cases: list[dict], per_task: float, args) -> None:
     print("   each cell: needed slab MiB / planned slab MiB, slabs per worker at the needed size, and")
     print("   ok (planned >= needed), 'larger' (raise the slab size) or '<threads' (the needed slab leaves a")
     print(f"   worker fewer slabs than its {args.cores} threads)")
-    for label, cost in ((f"measured {per_task:.2e} s", per_task), ("documented 1 ms", DOCUMENTED_PER_TASK)):
+    for label, cost in ((f"measured {costs[0]:.2e} s", costs[0]), ("documented 1 ms", DOCUMENTED_PER_TASK)):
         print(f"   per task: {label}")
         print(f"{'model':7} {'D':>4} {'K':>4} " + " ".join(f"{f'{w:,d} workers':>34}" for w in args.model_workers))
         for c in cases:
             cells = []
             for n_workers in args.model_workers:
                 need = break_even_slab(c, n_workers, cost, args)
-                planned = model_pass(c, n_workers, cost, args)["slab_bytes"]
+                planned = model_pass(c, n_workers, (cost, costs[1]), args)["slab_bytes"]
                 per_worker = data / (n_workers * need)
                 flag = "ok" if planned >= need else ("larger" if per_worker >= args.cores else "<threads")
                 cells.append(f"{need / MiB:7.1f} / {planned / MiB:5.1f} {per_worker:9.1f}/w {flag:>8}")
             print(f"{c['model']:7} {c['D']:4d} {c['K']:4d} " + " ".join(f"{cell:>34}" for cell in cells))
+    print()
+
+
+def print_best_slabs(cases: list[dict], costs: tuple[float, float], args) -> None:
+    """The slab size (a power of two MiB, up to 1/8 of a worker's memory) with the shortest expected
+    pass, against the planned one, at the measured and at the documented cost per task."""
+    sizes = [2**k * MiB for k in range(3, 20) if 2**k * MiB <= args.worker_memory_gib * 2**30 // 8]
+    print("   the best slab size: the shortest expected pass over power-of-two slab sizes (same model),")
+    print("   each cell: best slab MiB, its expected s / the expected s of the planned slab")
+    for label, serial in ((f"measured {costs[0]:.2e} s", costs[0]), ("documented 1 ms", DOCUMENTED_PER_TASK)):
+        print(f"   per task: {label}")
+        print(f"{'model':7} {'D':>4} {'K':>4} " + " ".join(f"{f'{w:,d} workers':>26}" for w in args.model_workers))
+        for c in cases:
+            cells = []
+            for n_workers in args.model_workers:
+                planned = model_pass(c, n_workers, (serial, costs[1]), args)["expected"]
+                best = min((model_pass(c, n_workers, (serial, costs[1]), args, size)["expected"], size)
+                           for size in sizes)
+                cells.append(f"{best[1] / MiB:6.0f} {best[0]:8.2f} / {planned:8.2f}")
+            print(f"{c['model']:7} {c['D']:4d} {c['K']:4d} " + " ".join(f"{cell:>26}" for cell in cells))
     print()
 
 
@@ -360,8 +388,8 @@ def parse_args(argv=None):
     parser.add_argument("--worker-memory-gib", type=int, default=32)
     parser.add_argument("--read-mb-s", type=float, default=500.0, help="per-worker read rate from object storage")
     parser.add_argument("--net-mb-s", type=float, default=1000.0, help="per-worker network rate between workers")
-    parser.add_argument("--skip-scheduler", type=float, default=None, metavar="SECONDS_PER_TASK",
-                        help="no simulation: take this scheduler cost per task instead")
+    parser.add_argument("--skip-scheduler", default=None, metavar="SERIAL[,WORKER]",
+                        help="no simulation: take these seconds per task (serial, and on a worker) instead")
     args = parser.parse_args(argv)
     default_tasks = [1000, 4000, math.ceil(args.data_tb * TB / DEFAULT_SLAB_BYTES), 16000]
     args.tasks = sorted(set(default_tasks if args.tasks is None else (int(t) for t in args.tasks.split(","))))
@@ -380,11 +408,12 @@ def main(argv=None) -> None:
     measure_reduction(cases)
     print_reduction(cases, args.fan_in)
     if args.skip_scheduler is None:
-        per_task = print_scheduler(measure_scheduler(args), args)
+        costs = print_scheduler(measure_scheduler(args), args)
     else:
-        per_task = args.skip_scheduler
-        print(f"3. scheduler: not simulated, {per_task:.2e} s per task given\n")
-    print_model(cases, per_task, args)
+        given = [float(value) for value in args.skip_scheduler.split(",")]
+        costs = (given[0], given[1] if len(given) > 1 else 0.0)
+        print(f"3. scheduler: not simulated; given {costs[0]:.2e} s per task serial, {costs[1]:.2e} s on a worker\n")
+    print_model(cases, costs, args)
 
 
 if __name__ == "__main__":
