@@ -1,20 +1,13 @@
 """The per-task costs that bound one EM iteration at scale, measured on this machine, and a model
 of one iteration on 1 TB of float32 rows on 10, 100 and 1,000 workers built from them.
 
-    python scripts/scaling.py
-    python scripts/scaling.py --tasks 1000,4000,16000 --kernel-seconds 1.0
+    python scripts/scaling.py --kernel-seconds 0.5 --tasks 250,1000,3000
 
-Three measurements, then the model; everything is printed, nothing is written:
-
-1. Kernel CPU seconds per row: daskem's own slab kernels (``mixture.gmm_chunk_stats`` for ``full``
-   and ``diag``, ``nearest.hard_chunk_stats`` for k-means) called directly on one float32 slab, on
-   one core (BLAS limited to one thread). A slab is ``--slab-mib`` MiB at most, fewer rows when
-   that would take more than ``--kernel-seconds`` (the cost is linear in rows above one tile).
-2. The reduction: seconds to add two ``SuffStats`` of each shape, and their pickled size (what one
-   reduction task receives ``fan_in`` times and the client gathers once per candidate).
-3. The scheduler: a real ``LocalCluster`` (worker processes of one thread) computing daskem's
-   real pass graph (``engine.reduction.reduction_graph`` over a Dask array read by one task per
-   slab) with no-op kernels, so only dask's own overhead is timed; seconds per task at each size.
+Printed, nothing written: (1) kernel CPU seconds per row, daskem's slab kernels called directly on
+one float32 slab on one core; (2) the seconds of one ``SuffStats + SuffStats`` and the pickled sizes
+a reduction task receives and the client gathers; (3) a real ``LocalCluster`` computing daskem's
+own pass graph (``engine.reduction.reduction_graph``) with no-op kernels, so only dask's overhead
+is timed; (4) the model. See docs/scaling.md.
 """
 
 from __future__ import annotations
@@ -185,9 +178,9 @@ def measure_scheduler(args) -> list[dict]:
             workers_before, cpu, wall = children_cpu(me), time.process_time(), time.perf_counter()
             dask.compute(root)
             wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
-            workers = children_cpu(me) - workers_before
             runs.append(dict(slabs=n_slabs, tasks=n_tasks, build=build_cpu, build_wall=build_wall, wall=wall,
-                             scheduler=cpu - idle[0] * wall, workers=workers - idle[1] * wall, idle=idle))
+                             scheduler=cpu - idle[0] * wall, idle=idle,
+                             workers=children_cpu(me) - workers_before - idle[1] * wall))
     return runs
 
 
@@ -228,9 +221,7 @@ def print_scheduler(runs: list[dict], args) -> tuple[float, float]:
               f"serial/task from {min(serial / tasks):.2e} to {max(serial / tasks):.2e}")
     print(f"   model's costs per task: the medians, serial {per_task:.3e} s, on a worker {worker:.3e} s")
     print("   check of the model's scheduler figure (tasks x cost per task) against the simulation:")
-    for r in runs:
-        predicted = r["tasks"] * per_task
-        measured = r["build_wall"] + r["wall"]
+    for r, predicted, measured in zip(runs, tasks * per_task, walls):
         print(f"     {r['tasks']:7,d} tasks: model {predicted:7.2f} s, simulated build + compute wall {measured:7.2f} s "
               f"(ratio {measured / predicted:.2f}), serial cpu {r['build'] + r['scheduler']:7.2f} s")
     print()
@@ -327,28 +318,35 @@ def print_model(cases: list[dict], costs: tuple[float, float], args) -> None:
 DOCUMENTED_PER_TASK = 1e-3
 
 
+def print_per_cluster(cases: list[dict], costs: tuple[float, float], args, cell, width: int) -> None:
+    """One table per serial cost per task (measured, then documented): a row per case, a column per
+    cluster size, each cell ``cell(case, n_workers, (serial, worker))``."""
+    for label, serial in ((f"measured {costs[0]:.2e} s", costs[0]), ("documented 1 ms", DOCUMENTED_PER_TASK)):
+        print(f"   per task: {label}")
+        print(f"{'model':7} {'D':>4} {'K':>4} " + " ".join(f"{f'{w:,d} workers':>{width}}" for w in args.model_workers))
+        for c in cases:
+            cells = (cell(c, n_workers, (serial, costs[1])) for n_workers in args.model_workers)
+            print(f"{c['model']:7} {c['D']:4d} {c['K']:4d} " + " ".join(f"{text:>{width}}" for text in cells))
+    print()
+
+
 def print_break_even(cases: list[dict], costs: tuple[float, float], args) -> None:
     """For each case and cluster, the slab size below which the scheduler bounds a pass, against
     the slab daskem plans; at the measured cost per task and at dask's documented one."""
-    data = args.data_tb * TB
     print("   where the scheduler bounds a pass: below the slab size at which dispatch takes as long as the")
     print("   workers' work, (2 + 1/(fan-in - 1)) tasks per slab x cost per task x workers x bytes/s per worker;")
     print("   each cell: needed slab MiB / planned slab MiB, slabs per worker at the needed size, and")
     print("   ok (planned >= needed), 'larger' (raise the slab size) or '<threads' (the needed slab leaves a")
     print(f"   worker fewer slabs than its {args.cores} threads)")
-    for label, cost in ((f"measured {costs[0]:.2e} s", costs[0]), ("documented 1 ms", DOCUMENTED_PER_TASK)):
-        print(f"   per task: {label}")
-        print(f"{'model':7} {'D':>4} {'K':>4} " + " ".join(f"{f'{w:,d} workers':>34}" for w in args.model_workers))
-        for c in cases:
-            cells = []
-            for n_workers in args.model_workers:
-                need = break_even_slab(c, n_workers, cost, args)
-                planned = model_pass(c, n_workers, (cost, costs[1]), args)["slab_bytes"]
-                per_worker = data / (n_workers * need)
-                flag = "ok" if planned >= need else ("larger" if per_worker >= args.cores else "<threads")
-                cells.append(f"{need / MiB:7.1f} / {planned / MiB:5.1f} {per_worker:9.1f}/w {flag:>8}")
-            print(f"{c['model']:7} {c['D']:4d} {c['K']:4d} " + " ".join(f"{cell:>34}" for cell in cells))
-    print()
+
+    def cell(case, n_workers, pair):
+        need = break_even_slab(case, n_workers, pair[0], args)
+        planned = model_pass(case, n_workers, pair, args)["slab_bytes"]
+        per_worker = args.data_tb * TB / (n_workers * need)
+        flag = "ok" if planned >= need else ("larger" if per_worker >= args.cores else "<threads")
+        return f"{need / MiB:7.1f} / {planned / MiB:5.1f} {per_worker:9.1f}/w {flag:>8}"
+
+    print_per_cluster(cases, costs, args, cell, 34)
 
 
 def print_best_slabs(cases: list[dict], costs: tuple[float, float], args) -> None:
@@ -357,18 +355,13 @@ def print_best_slabs(cases: list[dict], costs: tuple[float, float], args) -> Non
     sizes = [2**k * MiB for k in range(3, 20) if 2**k * MiB <= args.worker_memory_gib * 2**30 // 8]
     print("   the best slab size: the shortest expected pass over power-of-two slab sizes (same model),")
     print("   each cell: best slab MiB, its expected s / the expected s of the planned slab")
-    for label, serial in ((f"measured {costs[0]:.2e} s", costs[0]), ("documented 1 ms", DOCUMENTED_PER_TASK)):
-        print(f"   per task: {label}")
-        print(f"{'model':7} {'D':>4} {'K':>4} " + " ".join(f"{f'{w:,d} workers':>26}" for w in args.model_workers))
-        for c in cases:
-            cells = []
-            for n_workers in args.model_workers:
-                planned = model_pass(c, n_workers, (serial, costs[1]), args)["expected"]
-                best = min((model_pass(c, n_workers, (serial, costs[1]), args, size)["expected"], size)
-                           for size in sizes)
-                cells.append(f"{best[1] / MiB:6.0f} {best[0]:8.2f} / {planned:8.2f}")
-            print(f"{c['model']:7} {c['D']:4d} {c['K']:4d} " + " ".join(f"{cell:>26}" for cell in cells))
-    print()
+
+    def cell(case, n_workers, pair):
+        planned = model_pass(case, n_workers, pair, args)["expected"]
+        seconds, size = min((model_pass(case, n_workers, pair, args, size)["expected"], size) for size in sizes)
+        return f"{size / MiB:6.0f} {seconds:8.2f} / {planned:8.2f}"
+
+    print_per_cluster(cases, costs, args, cell, 26)
 
 
 def parse_args(argv=None):
