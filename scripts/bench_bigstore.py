@@ -62,13 +62,14 @@ def store_files(path: str) -> list[str]:
 
 
 def ensure_store(args) -> dict:
-    """Write the store unless one of the right shape and dtype is there; the write's figures, if any."""
+    """Write the store unless a complete one (its ``.truth/truth.json``, which ``make_data`` writes last) of the
+    right shape and dtype is there; the write's figures, if any."""
     import zarr
 
     from daskem.data.synthetic import make_data
 
     rows = math.ceil(args.gigabytes * 2**30 / (args.features * 4))
-    if Path(args.path).exists():
+    if Path(args.path.rstrip("/") + ".truth", "truth.json").exists():
         array = zarr.open_group(args.path, mode="r")["X"]
         if array.shape == (rows, args.features) and array.dtype == np.float32:
             print(f"reusing {args.path}: {rows} x {args.features} float32", flush=True)
