@@ -182,19 +182,19 @@ def summary(args, store: dict, disk: dict, results: list[dict], memory: dict) ->
              f"({store['disk_bytes'] / store['write_seconds'] / 1e6:.0f} MB/s to disk; drawing, compressing "
              "and writing, on the client's threads)")
     lines = [
-        f"store: {store['rows']:,} x {args.features} float32, K = {args.components} (separation "
-        f"{args.separation}), {array_bytes / gib:.2f} GiB of rows, {store['disk_bytes'] / gib:.2f} GiB on disk "
-        f"in {store['n_files']} files",
-        f"memory: {memory['MemTotal'] / 1024:.1f} GiB total, {memory['MemAvailable'] / 1024:.1f} GiB available "
-        f"before the fits; store on disk / total memory = {store['disk_bytes'] / 2**20 / memory['MemTotal']:.2f}",
+        (f"store: {store['rows']:,} x {args.features} float32, K = {args.components} (separation "
+         f"{args.separation}), {array_bytes / gib:.2f} GiB of rows, {store['disk_bytes'] / gib:.2f} GiB on disk "
+         f"in {store['n_files']} files"),
+        (f"memory: {memory['MemTotal'] / 1024:.1f} GiB total, {memory['MemAvailable'] / 1024:.1f} GiB available "
+         f"before the fits; store on disk / total memory = {store['disk_bytes'] / 2**20 / memory['MemTotal']:.2f}"),
         f"write: {write}",
-        f"disk: one sequential read of the store's files after POSIX_FADV_DONTNEED: {disk['seconds']:.1f} s, "
-        f"{disk['mb_per_s']:.0f} MB/s (page cache held {_mib(disk['cached_before'])} of the store before it)",
-        f"cluster: {args.workers} workers x {args.threads} thread(s), {args.memory_limit} each; "
-        f"max_iter {args.max_iter}, default starts, streaming (no persist)",
+        (f"disk: one sequential read of the store's files after POSIX_FADV_DONTNEED: {disk['seconds']:.1f} s, "
+         f"{disk['mb_per_s']:.0f} MB/s (page cache held {_mib(disk['cached_before'])} of the store before it)"),
+        (f"cluster: {args.workers} workers x {args.threads} thread(s), {args.memory_limit} each; "
+         f"max_iter {args.max_iter}, default starts, streaming (no persist)"),
         "",
-        "| fit | passes | iterations | seconds | s / pass | median EM iteration, s | disk MB/s (x passes) "
-        "| / disk rate | rows MB/s | peak worker MiB | store in page cache after |",
+        ("| fit | passes | iterations | seconds | s / pass | median EM iteration, s | disk MB/s (x passes) "
+         "| / disk rate | rows MB/s | peak worker MiB | store in page cache after |"),
         "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for r in results:
