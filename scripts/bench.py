@@ -205,17 +205,38 @@ def _touch(block):
     return np.array([[block.shape[0]]])
 
 
+def _decode_share(store: str, share: int, shares: int) -> float:
+    """Seconds for zarr alone to decode this worker's share of the store's chunks, whole chunks in
+    one call, with zarr's own concurrency: the fastest way a worker reads its part."""
+    import zarr
+
+    array = zarr.open_group(store, mode="r")["X"]
+    rows = array.chunks[0]
+    chunks = -(-array.shape[0] // rows)
+    first, last = share * chunks // shares, (share + 1) * chunks // shares
+    started = time.perf_counter()
+    array[first * rows : min(array.shape[0], last * rows)]
+    return time.perf_counter() - started
+
+
 def run_floor(args) -> dict:
-    """One read of the store on the cluster (median of 3), and each worker's GEMM rate."""
+    """One read of the store on the cluster through Dask (median of 3); the fastest decode on the
+    same workers, each decoding its share with zarr alone, all at once (median of 3); each worker's
+    GEMM rate."""
     with cluster_and_store(args, cache=False) as (client, X):
-        reads = []
+        reads, decodes = [], []
+        workers = sorted(client.scheduler_info()["workers"])
         for _ in range(3):
             started = time.perf_counter()
             X.map_blocks(_touch, chunks=((1,) * X.numblocks[0], (1,)), dtype=int).sum().compute()
             reads.append(time.perf_counter() - started)
+            started = time.perf_counter()
+            client.gather([client.submit(_decode_share, args.store, share, len(workers), workers=[worker],
+                                         pure=False) for share, worker in enumerate(workers)])
+            decodes.append(time.perf_counter() - started)
         rates = list(client.run(_gemm_rate).values())
-    return {"read_seconds": float(np.median(reads)), "gemm_flops_per_core": float(np.median(rates)),
-            "cores": len(rates)}
+    return {"read_seconds": float(np.median(reads)), "decode_seconds": float(np.median(decodes)),
+            "gemm_flops_per_core": float(np.median(rates)), "cores": len(rates)}
 
 
 def run_case(args, case: str) -> dict:
@@ -254,7 +275,8 @@ def report(args, results: dict[str, dict]) -> str:
         f"data: {n} x {d} float64, K = {k}, {args.workers} workers x 1 thread, slab rows {args.slab_rows or 'planned'}",
         f"floor: read the store once {floor['read_seconds']:.3f} s; full-covariance arithmetic "
         f"{classic_flops:.2e} flop at {rate / 1e9:.1f} GFLOP/s = {arithmetic:.3f} s; "
-        f"floor for full/tied = {floor['read_seconds'] + arithmetic:.3f} s",
+        f"floor for full/tied = {floor['read_seconds'] + arithmetic:.3f} s; fastest decode of the store "
+        f"(zarr alone on each worker's share) {floor['decode_seconds']:.3f} s",
         "",
         f"{'case':28s} {'s/iter':>9s} {'iters':>5s} {'client MiB':>10s} {'worker MiB':>10s}",
     ]
@@ -265,24 +287,22 @@ def report(args, results: dict[str, dict]) -> str:
                      f"{result['client_peak_mb']:10.0f} {result.get('worker_peak_mb', float('nan')):10.0f}")
     lines += ["", "targets:"]
     seconds = {case: result["seconds"] for case, result in results.items() if case != "floor"}
-    read = floor["read_seconds"]
 
     def target(text, value, limit):
         verdict = "met" if value <= limit else f"MISSED by {value / limit:.2f}x"
         lines.append(f"  {text}: {value:.3f} vs limit {limit:.3f} -> {verdict}")
 
+    shares = {"full": 6, "tied": 8, "diag": 3, "spherical": 3}  # the issue's targets: at most 1/share of scikit-learn
     for covariance_type in COVARIANCE_TYPES:
         ours, theirs = seconds[f"daskem:gmm-{covariance_type}@zarr"], seconds[f"sklearn:gmm-{covariance_type}"]
-        share = 6 if covariance_type in ("full", "tied") else 2
+        share = shares[covariance_type]
         lines.append(f"  gmm {covariance_type}: daskem/sklearn = {ours / theirs:.3f} (1/{theirs / ours:.1f})")
         target(f"gmm {covariance_type} from zarr <= sklearn/{share}", ours, theirs / share)
-        if covariance_type in ("full", "tied"):
-            target(f"gmm {covariance_type} from zarr <= 2 x floor", ours, 2 * (read + arithmetic))
     kmeans, kmeans_cached = seconds["daskem:kmeans@zarr"], seconds["daskem:kmeans@memory"]
-    target("kmeans from zarr <= 1.3 x one read", kmeans, 1.3 * read)
+    target("kmeans from zarr <= 1.15 x the fastest decode", kmeans, 1.15 * floor["decode_seconds"])
     target("kmeans from zarr <= dask-ml (zarr) / 2", kmeans, seconds["dask-ml:zarr"] / 2)
-    target("kmeans cached <= dask-ml (persisted) / 2.5", kmeans_cached, seconds["dask-ml:memory"] / 2.5)
-    target("kmeans cached <= 3 x sklearn in memory", kmeans_cached, 3 * seconds["sklearn:kmeans"])
+    target("kmeans cached <= 2 x sklearn in memory", kmeans_cached, 2 * seconds["sklearn:kmeans"])
+    target("kmeans cached <= dask-ml (persisted) / 3", kmeans_cached, seconds["dask-ml:memory"] / 3)
     return "\n".join(lines)
 
 
