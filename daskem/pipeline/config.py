@@ -222,7 +222,8 @@ class ModelConfig(_Section):
     learning_offset: Optional[float] = Field(
         None,
         description="Stepwise: the t-th group weighs (t + learning_offset) ** -learning_decay in the running "
-        f"statistics; at least 1, {_defaults('learning_offset')}.",
+        f"statistics (the last of several passes averages its groups by rows); at least 1, "
+        f"{_defaults('learning_offset')}.",
     )
     learning_decay: Optional[float] = Field(
         None, description=f"Stepwise: see learning_offset; in (0.5, 1], {_defaults('learning_decay')}."
