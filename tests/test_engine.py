@@ -9,7 +9,7 @@ import dask.array as da
 import numpy as np
 import pytest
 from counting import counted_array, loaded_modules, recorded_gathers
-from distributed import Client, LocalCluster
+from distributed import Client, LocalCluster, wait
 from sklearn.datasets import make_blobs
 
 import daskem
@@ -167,3 +167,36 @@ def test_the_workers_run_every_pass_of_a_fit_and_its_outputs_without_importing_s
     gmm = daskem.GaussianMixture(4, random_state=0, max_iter=5).fit(X)
     dask.compute(kmeans.predict(X), kmeans.transform(X), gmm.predict_proba(X), gmm.score_samples(X))
     assert set(map(tuple, client.run(loaded_modules, ["sklearn", "scipy.stats", "matplotlib"]).values())) == {()}
+
+
+def test_a_pass_over_persisted_rows_is_one_task_per_worker_thread_with_the_same_bits(client):
+    """On rows held in worker memory, small statistics come from one task per worker thread over the
+    slabs it holds, merged in the per-slab graph's tree: fewer tasks, not other numbers."""
+    X = _blobs(24_000)
+    streamed = da.from_array(X, chunks=(1000, -1))
+    persisted = streamed.persist()
+    wait(persisted)
+    centers = X[:4].copy()
+    payload = SlabPayload((KMeansFamily(),), (KMeansParams(centers),))
+    kwargs = dict(combine=merge_candidates, fan_in=4, gather_bytes=10_000)
+    grouped = dict(reduction_graph(persisted, candidate_stats, payload, name="cached", **kwargs).__dask_graph__())
+    per_slab = dict(reduction_graph(streamed, candidate_stats, payload, name="streamed", **kwargs).__dask_graph__())
+    map_tasks = [key for key in grouped if isinstance(key, tuple) and key[0] == "cached-map"]
+    assert len(map_tasks) == sum(client.nthreads().values()) == 2
+    assert len([key for key in per_slab if isinstance(key, tuple) and key[0] == "streamed-map"]) == 24
+    big = dict(reduction_graph(persisted, candidate_stats, payload, name="big", combine=merge_candidates,
+                               fan_in=4, gather_bytes=2**40).__dask_graph__())
+    assert len([key for key in big if isinstance(key, tuple) and key[0] == "big-map"]) == 24
+    (cached,) = map_reduce(persisted, candidate_stats, payload, name="cached-pass", combine=merge_candidates,
+                           fan_in=4, result_bytes=400)
+    (plain,) = map_reduce(streamed, candidate_stats, payload, name="streamed-pass", combine=merge_candidates, fan_in=4)
+    for field in ("nk", "s1"):
+        np.testing.assert_array_equal(getattr(cached, field), getattr(plain, field))
+    assert cached.objective == plain.objective and cached.n_samples == plain.n_samples == 24_000
+    with recorded_gathers(client) as record:
+        in_memory = daskem.KMeans(4, init=centers, max_iter=5, tol=0).fit(persisted)
+    iteration_tasks = [key for key in record["submitted"] if isinstance(key, tuple) and "-iter1-" in key[0]]
+    assert len(iteration_tasks) == 3, iteration_tasks  # two workers' slabs and their tree
+    from_blocks = daskem.KMeans(4, init=centers, max_iter=5, tol=0).fit(streamed)
+    np.testing.assert_array_equal(in_memory.cluster_centers_, from_blocks.cluster_centers_)
+    assert in_memory.inertia_ == from_blocks.inertia_

@@ -8,6 +8,7 @@ k-means: it drives any object that follows the ``Family`` protocol.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from dataclasses import dataclass, field
@@ -187,4 +188,17 @@ def em_pass(X, families, results, active, *, name, fan_in, check_finite=False) -
     payload = SlabPayload(
         tuple(families[i] for i in active), tuple(results[i].params for i in active), check_finite
     )
-    return map_reduce(X, candidate_stats, payload, name=name, combine=merge_candidates, fan_in=fan_in)
+    return map_reduce(X, candidate_stats, payload, name=name, combine=merge_candidates, fan_in=fan_in,
+                      result_bytes=params_nbytes(payload.params))
+
+
+def params_nbytes(params) -> int:
+    """Bytes of the arrays in ``params`` (nested tuples and dataclasses of arrays): about the size of
+    the statistics one slab returns for them, which hold as many numbers as the parameters."""
+    if isinstance(params, np.ndarray):
+        return params.nbytes
+    if isinstance(params, (tuple, list)):
+        return sum(params_nbytes(item) for item in params)
+    if dataclasses.is_dataclass(params):
+        return sum(params_nbytes(getattr(params, item.name)) for item in dataclasses.fields(params))
+    return 64

@@ -6,10 +6,16 @@ into the graph once under its own key, each slab (one Dask block of whole rows) 
 only the root comes back to the client. Keys carry the run id and the pass name, so no key is ever
 reused with other contents, and every task is a pure function of its inputs, so a task recomputed
 after a lost worker gives the same bits.
+
+When the rows are persisted on a distributed cluster and the per-slab results are small (k-means,
+small mixtures), a pass is instead one task per worker thread over the slabs that worker holds,
+plus one task that merges their per-slab results in the same tree: a few tasks per pass instead of
+one per slab, and the same bits wherever the slabs happen to live.
 """
 
 from __future__ import annotations
 
+import sys
 import uuid
 from collections import Counter
 from fractions import Fraction
@@ -26,6 +32,8 @@ from dask._task_spec import DataNode, List, Task, TaskRef  # what dask's own col
 from dask.highlevelgraph import HighLevelGraph
 
 DEFAULT_FAN_IN = 8
+# At most this many bytes of per-slab results are merged by one task (a pass over persisted rows).
+GATHERED_RESULTS_BYTES = 64 * 2**20
 
 # Passes over the data (calls of ``map_reduce``) counted by step, while ``counting_passes`` is active.
 _pass_counts: ContextVar[Counter | None] = ContextVar("daskem_pass_counts", default=None)
@@ -55,6 +63,7 @@ def reduction_graph(
     combine: Callable[[list], Any],
     fan_in: int = DEFAULT_FAN_IN,
     slabs: Sequence[int] | None = None,
+    gather_bytes: int | None = None,
 ) -> Delayed:
     """The lazy tree ``combine(... kernel(slab, row_start, payload) ...)`` over the slabs of ``X``
     (only the slabs numbered in ``slabs``, in that order, when given).
@@ -62,6 +71,9 @@ def reduction_graph(
     ``payload`` appears once in the graph (key ``{name}-payload``) and every task refers to it by
     key; ``combine`` merges a list of at most ``fan_in`` partial results. Inside ``row_weights(X, w)``
     each task also gets the slab's weights: ``kernel(slab, row_start, payload, weights)``.
+    ``gather_bytes``, when given, bounds the bytes of all the per-slab results together; at most
+    ``GATHERED_RESULTS_BYTES``, a pass over persisted rows runs as one task per worker thread (see
+    :func:`resident_groups`).
     """
     if fan_in < 2:  # not a user check (the estimators validate fan_in): with 1 the loop below never ends
         raise ValueError(f"fan_in must be at least 2 to reduce in a tree, got {fan_in}")
@@ -75,31 +87,114 @@ def reduction_graph(
         dependencies.append(weighted[1])
     starts = slab_row_starts(X)
     chosen = range(X.numblocks[0]) if slabs is None else [int(index) for index in slabs]
-    level = []
-    for index in chosen:  # one task per slab, built directly: no Delayed object or token per task
+
+    def inputs(index: int) -> tuple:
         block = TaskRef((X.name, index, *(0,) * (X.ndim - 1)))
-        extra = () if weights_name is None else (TaskRef((weights_name, index)),)
-        key = (f"{name}-map", index)
-        layer[key] = Task(key, kernel, block, starts[index], TaskRef(payload_key), *extra)
-        level.append(key)
-    depth = 0
-    while len(level) > 1 or depth == 0:  # a single slab still passes through combine once
-        merged = []
-        for start in range(0, len(level), fan_in):
-            key = (f"{name}-reduce{depth}", start // fan_in)
-            layer[key] = Task(key, combine, List(*(TaskRef(part) for part in level[start : start + fan_in])))
-            merged.append(key)
-        level, depth = merged, depth + 1
+        return (block, starts[index]) if weights_name is None else (block, starts[index], TaskRef((weights_name, index)))
+
+    groups = resident_groups(X, chosen) if gather_bytes is not None and gather_bytes <= GATHERED_RESULTS_BYTES else None
+    if groups is not None:  # one task per worker thread over its slabs, one task for the whole tree
+        parts = []
+        for number, group in enumerate(groups):
+            key = (f"{name}-map", number)
+            layer[key] = Task(key, _slabs_of_one_worker, kernel, TaskRef(payload_key),
+                              List(*(List(*inputs(index)) for index in group)))
+            parts.append(TaskRef(key))
+        position = {index: at for at, index in enumerate(i for group in groups for i in group)}
+        order = [position[index] for index in chosen]
+        root = (f"{name}-reduce0", 0)
+        layer[root] = Task(root, _tree_of_parts, combine, fan_in, order, List(*parts))
+    else:
+        level = []
+        for index in chosen:  # one task per slab, built directly: no Delayed object or token per task
+            key = (f"{name}-map", index)
+            block, row_start, *weights = inputs(index)
+            layer[key] = Task(key, kernel, block, row_start, TaskRef(payload_key), *weights)
+            level.append(key)
+        for depth, ranges in enumerate(tree_levels(len(level), fan_in)):
+            level = _reduce_level(layer, f"{name}-reduce{depth}", combine, level, ranges)
+        root = level[0]
     graph = HighLevelGraph.from_collections(f"{name}-tree", layer, dependencies=dependencies)
-    return Delayed(level[0], graph, layer=f"{name}-tree")
+    return Delayed(root, graph, layer=f"{name}-tree")
+
+
+def tree_levels(n_parts: int, fan_in: int) -> list[list[range]]:
+    """The merge tree over ``n_parts`` partial results: per level, the ranges of the level below that
+    each merge takes (at most ``fan_in`` consecutive ones). A single part still passes through one
+    merge, so every pass returns what ``combine`` returns."""
+    levels, width = [], n_parts
+    while width > 1 or not levels:
+        levels.append([range(start, min(start + fan_in, width)) for start in range(0, width, fan_in)])
+        width = len(levels[-1])
+    return levels
+
+
+def _reduce_level(layer: dict, prefix: str, combine, level: list, ranges: list[range]) -> list:
+    """Add the merge tasks of one tree level to ``layer``; returns their keys."""
+    merged = []
+    for number, members in enumerate(ranges):
+        key = (prefix, number)
+        layer[key] = Task(key, combine, List(*(TaskRef(level[i]) for i in members)))
+        merged.append(key)
+    return merged
+
+
+def resident_groups(X: da.Array, chosen: Sequence[int]) -> list[list[int]] | None:
+    """The ``chosen`` slabs grouped by the worker that holds them in memory, each worker's split into
+    one group per thread, in slab order; None unless every chosen slab of ``X`` is a finished
+    distributed future held by some worker, and grouping saves tasks."""
+    if "distributed" not in sys.modules or len(set(chosen)) != len(chosen):
+        return None
+    from distributed import Future
+
+    graph = X.__dask_graph__()
+    keys = [(X.name, index, *(0,) * (X.ndim - 1)) for index in chosen]
+    futures = [graph.get(key) for key in keys]
+    if not futures or not all(isinstance(future, Future) for future in futures):
+        return None
+    client = futures[0].client
+    try:
+        holders, threads = client.who_has(futures), client.nthreads()
+    except Exception:  # the client is closing or the scheduler is away: the plain graph still works
+        return None
+    by_worker: dict[str, list[int]] = {}
+    for index, key in zip(chosen, keys):
+        workers = holders.get(key) or ()
+        if not workers:
+            return None  # a slab being recomputed: let the scheduler place it as usual
+        by_worker.setdefault(min(workers), []).append(index)
+    groups = []
+    for worker, indices in sorted(by_worker.items()):
+        pieces = max(1, min(threads.get(worker, 1), len(indices)))
+        bounds = [round(len(indices) * piece / pieces) for piece in range(pieces + 1)]
+        groups.extend(indices[bounds[piece] : bounds[piece + 1]] for piece in range(pieces))
+    return groups if len(groups) < len(chosen) else None
+
+
+def _slabs_of_one_worker(kernel, payload, slabs: list) -> list:
+    """The kernel's result for each slab of one worker's group, in the group's order."""
+    return [kernel(block, row_start, payload, *weights) for block, row_start, *weights in slabs]
+
+
+def _tree_of_parts(combine, fan_in: int, order: list[int], parts: list[list]) -> Any:
+    """The per-slab results of every group put back in slab order and merged in the same tree the
+    per-slab graph builds, so the bits do not depend on which worker held which slab."""
+    flat = [result for part in parts for result in part]
+    level = [flat[position] for position in order]
+    for ranges in tree_levels(len(level), fan_in):
+        level = [combine([level[i] for i in members]) for members in ranges]
+    return level[0]
 
 
 def map_reduce(X: da.Array, kernel, payload, *, name: str, combine, fan_in: int = DEFAULT_FAN_IN,
-               slabs: Sequence[int] | None = None) -> Any:
+               slabs: Sequence[int] | None = None, result_bytes: int | None = None) -> Any:
     """Compute :func:`reduction_graph` and return its root: one compute (one pass over the data, or
     the fraction ``len(slabs) / n_slabs`` of one), on the active distributed client if there is one,
-    else on Dask's local scheduler."""
-    root = reduction_graph(X, kernel, payload, name=name, combine=combine, fan_in=fan_in, slabs=slabs)
+    else on Dask's local scheduler. ``result_bytes``: the size of one slab's result, when bounded."""
+    n_slabs = X.numblocks[0] if slabs is None else len(slabs)
+    gather_bytes = None if result_bytes is None else result_bytes * n_slabs
+    root = reduction_graph(X, kernel, payload, name=name, combine=combine, fan_in=fan_in, slabs=slabs,
+                           gather_bytes=gather_bytes)
     (result,) = compute(root)
     counts = _pass_counts.get()
     if counts is not None:

@@ -29,7 +29,7 @@ import dask.array as da
 import numpy as np
 
 from daskem.engine.checkpoint import Checkpoint
-from daskem.engine.em import EMResult, SlabPayload, candidate_stats, em_pass
+from daskem.engine.em import EMResult, SlabPayload, candidate_stats, em_pass, params_nbytes
 from daskem.engine.reduction import DEFAULT_FAN_IN, map_reduce
 from daskem.kernels.draws import row_uniforms
 from daskem.kernels.stats import SuffStats, merge_candidates
@@ -144,7 +144,7 @@ def _step(X, families, state: dict, slabs: np.ndarray, spec: StepwiseSpec, n_row
     payload = SlabPayload(tuple(families[i] for i in active), tuple(results[i].params for i in active),
                           check_finite=state["pass"] == 0)
     all_stats = map_reduce(X, candidate_stats, payload, name=name, combine=merge_candidates, fan_in=fan_in,
-                           slabs=slabs)
+                           slabs=slabs, result_bytes=params_nbytes(payload.params))
     seconds = time.perf_counter() - started
     averaging = spec.max_passes > 1 and state["pass"] == spec.max_passes - 1
     for index, group in zip(active, all_stats):

@@ -103,6 +103,27 @@ class SlabSums:
             self.n_samples += float(weights.sum())
             self.objective += float(np.dot(per_row_objective, weights))
         self.nk += resp.sum(axis=0)
+        self._add_moments(rows, resp)
+
+    def add_nearest(self, rows: CentredRows, labels: np.ndarray, partial_distances: np.ndarray,
+                    weights: np.ndarray | None = None) -> None:
+        """Add one tile of hard assignments: ``labels`` (n,) each row's component and
+        ``partial_distances`` (n,) its squared distance to it less ``||y_i||^2``. The counts come
+        from ``bincount`` and the objective from one dot product, not from the one-hot matrix."""
+        n_rows, n_components = rows.n_rows, self.nk.shape[0]
+        one_hot = rows.take("one_hot", (n_rows, n_components))
+        one_hot.fill(0.0)
+        one_hot[np.arange(n_rows), labels] = 1.0 if weights is None else weights
+        if weights is None:
+            self.n_samples += n_rows
+            self.objective += max(float(partial_distances.sum()) + float(np.vdot(rows.values, rows.values)), 0.0)
+        else:
+            self.n_samples += float(weights.sum())
+            self.objective += float(np.dot(np.maximum(partial_distances + rows.norms, 0.0), weights))
+        self.nk += np.bincount(labels, weights, minlength=n_components)
+        self._add_moments(rows, one_hot)
+
+    def _add_moments(self, rows: CentredRows, resp: np.ndarray) -> None:
         self.sums += resp.T @ rows.values
         if self.cov is not None:
             products = self.cov.weighted_products(rows, resp)

@@ -76,13 +76,9 @@ def hard_chunk_stats(X: np.ndarray, centers: np.ndarray, cov: CovarianceType | N
     the row ``weights`` when given (an integer weight is the row repeated).
     """
     prepared = PreparedCenters.of(centers)
-    components = np.arange(prepared.centred.shape[0])
     sums = SlabSums(cov, prepared.centred)
     for start, rows, labels, distances in prepared.tiles(X):
-        nearest = distances[np.arange(rows.n_rows), labels] + rows.norms
-        one_hot = rows.take("one_hot", (rows.n_rows, len(components)))
-        np.equal(labels[:, None], components, out=one_hot, casting="unsafe")
-        sums.add(rows, one_hot, np.maximum(nearest, 0.0), tile_weights(weights, start, rows))
+        sums.add_nearest(rows, labels, distances[np.arange(rows.n_rows), labels], tile_weights(weights, start, rows))
     return sums.stats()
 
 
