@@ -34,6 +34,8 @@ from dask.highlevelgraph import HighLevelGraph
 DEFAULT_FAN_IN = 8
 # At most this many bytes of per-slab results are merged by one task (a pass over persisted rows).
 GATHERED_RESULTS_BYTES = 64 * 2**20
+# Seconds to wait for the scheduler to say where persisted slabs live before building the per-slab graph.
+SCHEDULER_ANSWER_SECONDS = 10
 
 # Passes over the data (calls of ``map_reduce``) counted by step, while ``counting_passes`` is active.
 _pass_counts: ContextVar[Counter | None] = ContextVar("daskem_pass_counts", default=None)
@@ -153,9 +155,10 @@ def resident_groups(X: da.Array, chosen: Sequence[int]) -> list[list[int]] | Non
     if not futures or not all(isinstance(future, Future) for future in futures):
         return None
     client = futures[0].client
-    try:
-        holders, threads = client.who_has(futures), client.nthreads()
-    except Exception:  # the client is closing or the scheduler is away: the plain graph still works
+    try:  # bounded: a scheduler that does not answer is the watchdog's to report, during the compute
+        holders = client.sync(client.scheduler.who_has, keys=keys, callback_timeout=SCHEDULER_ANSWER_SECONDS)
+        threads = client.sync(client.scheduler.ncores, callback_timeout=SCHEDULER_ANSWER_SECONDS)
+    except (OSError, TimeoutError):  # the plain graph still works
         return None
     by_worker: dict[str, list[int]] = {}
     for index, key in zip(chosen, keys):
