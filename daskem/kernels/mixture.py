@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any, Iterable
 
 import numpy as np
+import scipy.sparse
 
 from daskem.kernels.covariance.base import CovarianceType
 from daskem.kernels.params import GMMParams
@@ -109,11 +110,18 @@ class SlabSums:
                     weights: np.ndarray | None = None) -> None:
         """Add one tile of hard assignments: ``labels`` (n,) each row's component and
         ``partial_distances`` (n,) its squared distance to it less ``||y_i||^2``. The counts come
-        from ``bincount`` and the objective from one dot product, not from the one-hot matrix."""
+        from ``bincount``, the objective from one dot product and, without second moments, the sums
+        from a sparse (K, n) assignment matrix: D additions per row where the one-hot GEMM makes K D."""
         n_rows, n_components = rows.n_rows, self.nk.shape[0]
-        one_hot = rows.take("one_hot", (n_rows, n_components))
-        one_hot.fill(0.0)
-        one_hot[np.arange(n_rows), labels] = 1.0 if weights is None else weights
+        values = np.ones(n_rows) if weights is None else weights
+        if self.cov is None:
+            assignments = scipy.sparse.csc_array((values, labels, np.arange(n_rows + 1)), shape=(n_components, n_rows))
+            self.sums += assignments @ rows.values
+        else:
+            one_hot = rows.take("one_hot", (n_rows, n_components))
+            one_hot.fill(0.0)
+            one_hot[np.arange(n_rows), labels] = values
+            self._add_moments(rows, one_hot)
         if weights is None:
             self.n_samples += n_rows
             self.objective += max(float(partial_distances.sum()) + float(np.vdot(rows.values, rows.values)), 0.0)
@@ -121,7 +129,6 @@ class SlabSums:
             self.n_samples += float(weights.sum())
             self.objective += float(np.dot(np.maximum(partial_distances + rows.norms, 0.0), weights))
         self.nk += np.bincount(labels, weights, minlength=n_components)
-        self._add_moments(rows, one_hot)
 
     def _add_moments(self, rows: CentredRows, resp: np.ndarray) -> None:
         self.sums += resp.T @ rows.values
