@@ -9,7 +9,7 @@ empty chunks merge as the neutral element.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Iterable
+from typing import Any, Iterable, Iterator
 
 import numpy as np
 import scipy.sparse
@@ -17,7 +17,7 @@ import scipy.sparse
 from daskem.kernels.covariance.base import CovarianceType
 from daskem.kernels.params import GMMParams
 from daskem.kernels.stats import SuffStats
-from daskem.kernels.tiles import CentredRows, tiles
+from daskem.kernels.tiles import CentredRows, tile_rows, tiles
 
 # The per-row outputs ``row_outputs`` can compute, all from one E-step per tile.
 ROW_OUTPUTS = ("labels", "responsibilities", "log_density")
@@ -43,6 +43,11 @@ class PreparedMixture:
         log_det = cov.log_det_cholesky(precisions_cholesky, means.shape[1])
         terms = cov.density_terms(means - reference, precisions_cholesky)
         return cls(cov, reference, means - reference, terms, log_det + log_weights)
+
+    def tiles(self, X: np.ndarray) -> Iterator[tuple[int, CentredRows]]:
+        """``(offset, rows)`` over the slab, in tiles sized by ``tile_rows`` for K and this type's widest temporary."""
+        n_components, n_features = self.centred_means.shape
+        return tiles(X, self.reference, tile_rows(n_components, self.cov.tile_columns(n_features)))
 
     def weighted_log_prob(self, rows: CentredRows) -> np.ndarray:
         """(n, K) log N(x_i; mu_k, Sigma_k) + log w_k, in a work buffer of ``rows``."""
@@ -74,7 +79,7 @@ def gmm_chunk_stats(X: np.ndarray, params: GMMParams, cov: CovarianceType, weigh
     """
     mixture = PreparedMixture.of(params, cov)
     sums = SlabSums(cov, mixture.centred_means)
-    for start, rows in tiles(X, mixture.reference):
+    for start, rows in mixture.tiles(X):
         log_norm, resp = mixture.responsibilities(rows)
         sums.add(rows, resp, log_norm, tile_weights(weights, start, rows))
     return sums.stats()
@@ -160,7 +165,7 @@ def resp_chunk_stats(X: np.ndarray, resp: np.ndarray, shift: np.ndarray, cov: Co
     shift = np.asarray(shift, dtype=np.float64)
     reference = shift.mean(axis=0)
     sums = SlabSums(cov, shift - reference)
-    for start, rows in tiles(X, reference):
+    for start, rows in tiles(X, reference, tile_rows(shift.shape[0], cov.tile_columns(shift.shape[1]))):
         tile_resp = np.array(resp[start : start + rows.n_rows], dtype=np.float64)
         sums.add(rows, tile_resp, np.zeros(rows.n_rows), tile_weights(weights, start, rows))
     return sums.stats()
@@ -184,7 +189,7 @@ def row_outputs(X: np.ndarray, params: GMMParams, cov: CovarianceType, names: It
         "log_density": np.empty(n_rows),
     }
     out = {name: out[name] for name in names}
-    for start, rows in tiles(X, mixture.reference):
+    for start, rows in mixture.tiles(X):
         stop = start + rows.n_rows
         if "labels" in out:  # before log_responsibilities overwrites the buffer: argmax of the weighted log-probability
             np.argmax(mixture.weighted_log_prob(rows), axis=1, out=out["labels"][start:stop])
@@ -202,7 +207,7 @@ def estimate_log_resp(X: np.ndarray, params: GMMParams, cov: CovarianceType) -> 
     mixture = PreparedMixture.of(params, cov)
     n_components = mixture.centred_means.shape[0]
     log_norm, log_resp = np.empty(X.shape[0]), np.empty((X.shape[0], n_components))
-    for start, rows in tiles(X, mixture.reference):
+    for start, rows in mixture.tiles(X):
         stop = start + rows.n_rows
         log_norm[start:stop], log_resp[start:stop] = mixture.log_responsibilities(rows)
     return log_norm, log_resp

@@ -42,9 +42,10 @@ class PreparedCenters:
         distances += self.norms
         return distances
 
-    def tiles(self, X: np.ndarray) -> Iterator[tuple[int, CentredRows, np.ndarray, np.ndarray]]:
-        """``(offset, rows, labels, partial distances)`` per tile of the slab."""
-        for offset, rows in tiles(X, self.reference, tile_rows(len(self.norms))):
+    def tiles(self, X: np.ndarray, columns: int = 0) -> Iterator[tuple[int, CentredRows, np.ndarray, np.ndarray]]:
+        """``(offset, rows, labels, partial distances)`` per tile of the slab, sized for the distances
+        and for a temporary of ``columns`` floats per row (see ``tile_rows``)."""
+        for offset, rows in tiles(X, self.reference, tile_rows(len(self.norms), columns)):
             distances = self.partial_distances(rows)
             yield offset, rows, distances.argmin(axis=1), distances
 
@@ -77,7 +78,7 @@ def hard_chunk_stats(X: np.ndarray, centers: np.ndarray, cov: CovarianceType | N
     """
     prepared = PreparedCenters.of(centers)
     sums = SlabSums(cov, prepared.centred)
-    for start, rows, labels, distances in prepared.tiles(X):
+    for start, rows, labels, distances in prepared.tiles(X, 0 if cov is None else cov.tile_columns(X.shape[1])):
         sums.add_nearest(rows, labels, distances[np.arange(rows.n_rows), labels], tile_weights(weights, start, rows))
     return sums.stats()
 

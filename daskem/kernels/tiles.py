@@ -16,12 +16,14 @@ import numpy as np
 
 from daskem.errors import DataError
 
-# Rows per tile: the packed outer products of a tile (D(D+1)/2 x rows floats) stay in cache-sized
-# pieces, and no temporary grows with the slab.
+# Rows per tile at most: no temporary grows with the slab, and per-tile Python costs stay small.
 TILE_ROWS = 2048
-# Floats in one (rows x columns) temporary of a tile with many columns (many centres): its rows
-# shrink so that the temporary stays near 2 MiB whatever the number of centres.
+# Floats in a tile's widest (rows x columns) temporary: with many columns (many centres, or the
+# D(D+1)/2 packed outer products of full covariances) a tile has fewer rows, so that temporary
+# stays near 2 MiB, in cache between the products that read it.
 TILE_ELEMENTS = 2**18
+# Rows per tile at least when the width of a covariance type's temporaries sets them (see tile_rows).
+FEWEST_TILE_ROWS = 512
 
 
 def packed_indices(n_features: int) -> tuple[np.ndarray, np.ndarray]:
@@ -102,9 +104,13 @@ class CentredRows:
         return packed
 
 
-def tile_rows(n_columns: int) -> int:
-    """Rows per tile when each row meets ``n_columns`` centres or components."""
-    return max(1, min(TILE_ROWS, TILE_ELEMENTS // max(1, n_columns)))
+def tile_rows(n_columns: int, row_floats: int = 0) -> int:
+    """Rows per tile when each row meets ``n_columns`` centres or components and the tile holds a
+    temporary of ``row_floats`` floats per row (a covariance type's ``tile_columns``). The second
+    shrinks the tile no further than ``FEWEST_TILE_ROWS``: full covariances at D = 32 run fastest at
+    about 512 rows (their packed products then stay in cache), and at D = 128 slower below that."""
+    rows = max(1, min(TILE_ROWS, TILE_ELEMENTS // max(1, n_columns)))
+    return min(rows, max(FEWEST_TILE_ROWS, TILE_ELEMENTS // row_floats)) if row_floats else rows
 
 
 def tiles(X: np.ndarray, reference: np.ndarray, n_rows: int = TILE_ROWS) -> Iterator[tuple[int, CentredRows]]:

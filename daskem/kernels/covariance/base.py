@@ -56,6 +56,11 @@ class CovarianceType(ABC):
     def _describe(self, index: tuple[int, ...], noun: str) -> str:
         """Name the parameter entry at ``index`` for an error message, e.g. 'covariance of component 2'."""
 
+    def tile_columns(self, n_features: int) -> int:
+        """Floats per row in this type's widest per-tile temporary, from which ``tile_rows`` sizes
+        the tiles: D here (squares, whitened rows); the packed outer products of ``full`` are wider."""
+        return n_features
+
     @abstractmethod
     def weighted_products(self, rows: CentredRows, resp: np.ndarray) -> np.ndarray:
         """``sum_i r_ik y_i y_i^T`` (or its diagonal) of one tile, pooled to this type's shape, in the

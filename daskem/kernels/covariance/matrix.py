@@ -114,6 +114,9 @@ class FullCovariance(MatrixCovariance):
     def _describe(self, index, noun):
         return f"{noun} of component {index[0]}"
 
+    def tile_columns(self, n_features):
+        return n_features * (n_features + 1) // 2  # the packed outer products
+
     def weighted_products(self, rows, resp):
         """All K matrices ``sum_i r_ik y_i y_i^T`` in one GEMM over the packed outer products, left
         packed ((P, K) upper triangles) until the slab's sum is unpacked once."""
