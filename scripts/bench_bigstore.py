@@ -153,18 +153,20 @@ def fit_on_cluster(args, store: dict, files: list[str], label: str, make_model) 
             "array_mb_per_s": data_bytes * passes / seconds / 1e6}
 
 
-def run_fits(args, store: dict, files: list[str]) -> list[dict]:
+def run_fits(args, store: dict, files: list[str], disk: dict) -> list[dict]:
+    """The fits named by ``--fits``, each printed as its table row as soon as it ends."""
     import daskem
 
     k = args.components
-    fits = (("KMeans", lambda: daskem.KMeans(k, max_iter=args.max_iter, random_state=args.seed)),
-            ("GaussianMixture diag", lambda: daskem.GaussianMixture(k, covariance_type="diag", max_iter=args.max_iter,
-                                                                    random_state=args.seed)))
+    fits = {"kmeans": ("KMeans", lambda: daskem.KMeans(k, max_iter=args.max_iter, random_state=args.seed)),
+            "gmm-diag": ("GaussianMixture diag", lambda: daskem.GaussianMixture(
+                k, covariance_type="diag", max_iter=args.max_iter, random_state=args.seed))}
     results = []
-    for label, make_model in fits:
+    for name in args.fits:
+        label, make_model = fits[name]
+        started = time.strftime("%H:%M:%S")
         results.append(fit_on_cluster(args, store, files, label, make_model))
-        r = results[-1]
-        print(f"{label}: {r['passes']} passes in {r['seconds']:.1f} s", flush=True)
+        print(f"{label} (started {started}): {results[-1]['passes']} passes\n{table_row(results[-1], disk)}", flush=True)
     return results
 
 
@@ -197,14 +199,17 @@ def summary(args, store: dict, disk: dict, results: list[dict], memory: dict) ->
          "| / disk rate | rows MB/s | peak worker MiB | store in page cache after |"),
         "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
-    for r in results:
-        iteration = "n/a" if r["iteration_seconds"] is None else f"{r['iteration_seconds']:.1f}"
-        lines.append(
-            f"| {r['label']} | {r['passes']} | {r['n_iter']} | {r['seconds']:.1f} | {r['seconds'] / r['passes']:.1f} "
+    lines.extend(table_row(r, disk) for r in results)
+    return "\n".join(lines)
+
+
+def table_row(r: dict, disk: dict) -> str:
+    """One fit's row of the table in ``summary``."""
+    iteration = "n/a" if r["iteration_seconds"] is None else f"{r['iteration_seconds']:.1f}"
+    return (f"| {r['label']} | {r['passes']} | {r['n_iter']} | {r['seconds']:.1f} | {r['seconds'] / r['passes']:.1f} "
             f"| {iteration} | {r['disk_mb_per_s']:.0f} | {r['disk_mb_per_s'] / disk['mb_per_s']:.2f} "
             f"| {r['array_mb_per_s']:.0f} | {' / '.join(f'{p:.0f}' for p in r['worker_peaks_mib'])} "
             f"| {_mib(r['cached_after'])} |")
-    return "\n".join(lines)
 
 
 def main(argv=None) -> int:
@@ -219,6 +224,8 @@ def main(argv=None) -> int:
     parser.add_argument("--threads", type=int, default=1, help="threads per worker")
     parser.add_argument("--memory-limit", default="6GiB", help="per worker")
     parser.add_argument("--seed", type=int, default=0, help="random_state of the fits")
+    parser.add_argument("--fits", nargs="+", choices=("kmeans", "gmm-diag"), default=["kmeans", "gmm-diag"],
+                        help="which fits to run, in order (default both)")
     args = parser.parse_args(argv)
 
     store = ensure_store(args)
@@ -230,7 +237,7 @@ def main(argv=None) -> int:
     if store["disk_bytes"] / 2**20 < memory["MemTotal"]:
         print(f"note: the store ({store['disk_bytes'] / 2**30:.1f} GiB on disk) fits in this machine's "
               f"{memory['MemTotal'] / 1024:.1f} GiB: the page cache can hold it between passes", flush=True)
-    results = run_fits(args, store, files)
+    results = run_fits(args, store, files, disk)
     print()
     print(summary(args, store, disk, results, memory))
     return 0

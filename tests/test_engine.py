@@ -193,6 +193,18 @@ def test_a_pass_over_persisted_rows_is_one_task_per_worker_thread_with_the_same_
     for field in ("nk", "s1"):
         np.testing.assert_array_equal(getattr(cached, field), getattr(plain, field))
     assert cached.objective == plain.objective and cached.n_samples == plain.n_samples == 24_000
+    some = [17, 3, 9, 0, 22, 5]  # a stepwise group: some slabs, in its own order
+    (cached,) = map_reduce(persisted, candidate_stats, payload, name="cached-some", combine=merge_candidates,
+                           fan_in=4, slabs=some, result_bytes=400)
+    (plain,) = map_reduce(streamed, candidate_stats, payload, name="streamed-some", combine=merge_candidates,
+                          fan_in=4, slabs=some)
+    np.testing.assert_array_equal(cached.s1, plain.s1)
+    assert cached.objective == plain.objective and cached.n_samples == 6_000
+    weights = np.random.default_rng(1).integers(1, 4, len(X)).astype(float)
+    weighted = [daskem.KMeans(4, init=centers, max_iter=3, tol=0).fit(data, sample_weight=weights)
+                for data in (persisted, streamed)]
+    np.testing.assert_array_equal(weighted[0].cluster_centers_, weighted[1].cluster_centers_)
+    assert weighted[0].inertia_ == weighted[1].inertia_
     with recorded_gathers(client) as record:
         in_memory = daskem.KMeans(4, init=centers, max_iter=5, tol=0).fit(persisted)
     iteration_tasks = [key for key in record["submitted"] if isinstance(key, tuple) and "-iter1-" in key[0]]
