@@ -127,8 +127,8 @@ def main(argv=None) -> int:
                            "spherical": np.ones(args.components)}[name]
             params = GMMParams(np.full(args.components, 1 / args.components), centers, covariances,
                                cov.precision_cholesky(covariances))
-            steps = best_of(args.repeats, lambda: mixture_steps(X, params, cov))
-            whole = whole_kernel(args.repeats, lambda: mixture.gmm_chunk_stats(X, params, cov))
+            steps = best_of(args.repeats, lambda params=params, cov=cov: mixture_steps(X, params, cov))
+            whole = whole_kernel(args.repeats, lambda params=params, cov=cov: mixture.gmm_chunk_stats(X, params, cov))
         per_row = 1e9 / args.rows
         print(f"\n{name}: whole kernel {whole * per_row:.0f}, its steps {sum(steps.values()) * per_row:.0f}")
         for step, seconds in steps.items():
