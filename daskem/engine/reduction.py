@@ -29,7 +29,7 @@ import dask.array as da
 import numpy as np
 from dask.delayed import Delayed
 from dask._task_spec import DataNode, List, Task, TaskRef  # what dask's own collections build
-from dask.highlevelgraph import HighLevelGraph
+from dask.highlevelgraph import HighLevelGraph, MaterializedLayer
 
 DEFAULT_FAN_IN = 8
 # At most this many bytes of per-slab results are merged by one task (a pass over persisted rows).
@@ -149,9 +149,13 @@ def resident_groups(X: da.Array, chosen: Sequence[int]) -> list[list[int]] | Non
         return None
     from distributed import Future
 
-    graph = X.__dask_graph__()
+    # A persisted array is one materialized layer of futures; asking any other graph for its keys
+    # would build its tasks (0.1 s at 2,000 slabs of a Zarr store), so it is not asked.
+    layer = getattr(X.__dask_graph__(), "layers", {}).get(X.name)
+    if not isinstance(layer, MaterializedLayer):
+        return None
     keys = [(X.name, index, *(0,) * (X.ndim - 1)) for index in chosen]
-    futures = [graph.get(key) for key in keys]
+    futures = [layer.get(key) for key in keys]
     if not futures or not all(isinstance(future, Future) for future in futures):
         return None
     client = futures[0].client
