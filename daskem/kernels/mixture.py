@@ -55,19 +55,23 @@ class PreparedMixture:
 
     def log_responsibilities(self, rows: CentredRows) -> tuple[np.ndarray, np.ndarray]:
         """(n,) log p(x_i) and (n, K) log responsibilities of one tile, by log-sum-exp (in place)."""
-        weighted = self.weighted_log_prob(rows)
-        log_norm = logsumexp_rows(weighted, scratch=rows.take("logsumexp", weighted.shape),
-                                  transposed=rows.take("transposed_scores", weighted.shape[::-1]))
+        weighted, log_norm, _ = self._log_sum_exp(rows)
         weighted -= log_norm[:, None]
         return log_norm, weighted
 
     def responsibilities(self, rows: CentredRows) -> tuple[np.ndarray, np.ndarray]:
         """(n,) log p(x_i) and (n, K) responsibilities of one tile: the exponentials log-sum-exp
         takes, divided by their row sums, so each is exponentiated once (in a work buffer)."""
+        _, log_norm, resp = self._log_sum_exp(rows)
+        return log_norm, resp
+
+    def _log_sum_exp(self, rows: CentredRows) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The (n, K) weighted log-probabilities, their (n,) log-sum-exp and the (n, K)
+        responsibilities that ``logsumexp_rows`` leaves in its scratch buffer."""
         weighted = self.weighted_log_prob(rows)
         scratch = rows.take("logsumexp", weighted.shape)
         log_norm = logsumexp_rows(weighted, scratch=scratch, transposed=rows.take("transposed_scores", weighted.shape[::-1]))
-        return log_norm, scratch
+        return weighted, log_norm, scratch
 
 
 def gmm_chunk_stats(X: np.ndarray, params: GMMParams, cov: CovarianceType, weights: np.ndarray | None = None) -> SuffStats:
