@@ -13,6 +13,7 @@ from sklearn.mixture._gaussian_mixture import (
 
 from daskem.kernels.covariance import COVARIANCE_TYPES
 from daskem.kernels.mixture import estimate_log_resp, gmm_chunk_stats, row_outputs
+from daskem.kernels.lloyd import COMPILED_COMPONENTS
 from daskem.kernels.nearest import hard_chunk_stats, kmeans_transform, nearest_center
 from daskem.kernels.params import GMMParams
 from daskem.kernels.stats import SuffStats
@@ -169,6 +170,40 @@ def test_hard_chunk_stats_equal_naive_sums_over_nearest_centre_groups(X):
     np.testing.assert_array_equal(stats.nk, np.bincount(labels, minlength=K).astype(float))
     naive_s1 = np.stack([(X[labels == k] - centers[k]).sum(axis=0) for k in range(K)])
     np.testing.assert_allclose(stats.s1, naive_s1, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("n_centres", [1, 3, 4, 7, COMPILED_COMPONENTS, COMPILED_COMPONENTS + 1])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("weighted", [False, True])
+def test_lloyd_statistics_equal_exact_sums_on_both_sides_of_the_compiled_limit(n_centres, dtype, weighted):
+    """The compiled loop (up to COMPILED_COMPONENTS centres) and the GEMM kernel (beyond) give the
+    shifted sums of exact float64 differences, on float32 rows far from the origin, with weights."""
+    rng = np.random.default_rng(n_centres)
+    X = (1e5 + 3.0 * rng.normal(size=(3000, 6))).astype(dtype)
+    centers = X[rng.choice(len(X), n_centres, replace=False)].astype(np.float64) + 0.25
+    weights = rng.uniform(0.0, 2.0, len(X)) if weighted else None
+    stats = hard_chunk_stats(X, centers, weights=weights)
+    X64 = X.astype(np.float64)
+    squared = ((X64[:, None, :] - centers) ** 2).sum(axis=2)
+    labels = squared.argmin(axis=1)
+    w = np.ones(len(X)) if weights is None else weights
+    assert stats.s2 is None and stats.n_samples == pytest.approx(w.sum(), rel=1e-14)
+    np.testing.assert_allclose(stats.nk, np.bincount(labels, w, minlength=n_centres), rtol=1e-13)
+    expected_s1 = np.stack([((X64[labels == k] - centers[k]) * w[labels == k, None]).sum(axis=0)
+                            for k in range(n_centres)])
+    np.testing.assert_allclose(stats.s1, expected_s1, rtol=1e-10, atol=1e-9)
+    np.testing.assert_allclose(stats.objective, float(squared.min(axis=1) @ w), rtol=1e-10)
+
+
+def test_compiled_lloyd_statistics_break_ties_to_the_lowest_index_and_read_any_layout():
+    centers = np.array([[-1.0, 0.0], [1.0, 0.0], [3.0, 0.0]])
+    on_the_border = np.column_stack([np.zeros(50), np.linspace(-2.0, 2.0, 50)])
+    stats = hard_chunk_stats(on_the_border, centers)
+    np.testing.assert_array_equal(stats.nk, [50.0, 0.0, 0.0])
+    X = np.random.default_rng(4).normal(size=(400, 6))
+    for layout in (np.asfortranarray(X), np.hstack([X, X])[:, :6], X[::-1].copy()[::-1]):  # same rows, same order
+        expected = hard_chunk_stats(np.ascontiguousarray(layout), centers[:, [0, 1, 0, 1, 0, 1]])
+        assert_stats_equal(hard_chunk_stats(layout, centers[:, [0, 1, 0, 1, 0, 1]]), expected)
 
 
 @COVARIANCES

@@ -14,6 +14,7 @@ from typing import Iterator
 import numpy as np
 
 from daskem.kernels.covariance.base import CovarianceType
+from daskem.kernels.lloyd import COMPILED_COMPONENTS, COMPILED_DTYPES, lloyd_sums
 from daskem.kernels.mixture import SlabSums, tile_weights
 from daskem.kernels.stats import SuffStats
 from daskem.kernels.tiles import CentredRows, tile_rows, tiles
@@ -73,14 +74,27 @@ def hard_chunk_stats(X: np.ndarray, centers: np.ndarray, cov: CovarianceType | N
     """k-means statistics of one slab: one-hot nearest-centre responsibilities, shifted by ``centers``.
 
     The objective is the inertia; ``s2`` is filled only when ``cov`` is given (to start a GMM from
-    k-means labels). Counts and sums come from one product with the one-hot assignments, scaled by
-    the row ``weights`` when given (an integer weight is the row repeated).
+    k-means labels). Each row counts ``weights[i]`` times when weights are given (an integer weight
+    is the row repeated). Lloyd's statistics for a few centres come from one compiled pass
+    (``lloyd.lloyd_sums``); otherwise the counts and sums come from the distance GEMM's assignments.
     """
     prepared = PreparedCenters.of(centers)
+    if cov is None and len(prepared.norms) <= COMPILED_COMPONENTS and X.dtype in COMPILED_DTYPES:
+        return _compiled_stats(X, prepared, weights)
     sums = SlabSums(cov, prepared.centred)
     for start, rows, labels, distances in prepared.tiles(X, 0 if cov is None else cov.tile_columns(X.shape[1])):
         sums.add_nearest(rows, labels, distances[np.arange(rows.n_rows), labels], tile_weights(weights, start, rows))
     return sums.stats()
+
+
+def _compiled_stats(X: np.ndarray, prepared: PreparedCenters, weights: np.ndarray | None) -> SuffStats:
+    """``hard_chunk_stats`` without second moments, from ``lloyd_sums`` (the same shifted sums)."""
+    sums, nk = np.zeros(prepared.centred.shape), np.zeros(len(prepared.norms))
+    if weights is not None:
+        weights = np.ascontiguousarray(weights, dtype=np.float64)
+    inertia = lloyd_sums(X, prepared.reference, prepared.centred, prepared.norms, weights, sums, nk)
+    n_samples = X.shape[0] if weights is None else float(weights.sum())
+    return SuffStats(n_samples, float(inertia), nk, sums - nk[:, None] * prepared.centred, None)
 
 
 def kmeans_transform(X: np.ndarray, centers: np.ndarray) -> np.ndarray:
