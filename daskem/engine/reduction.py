@@ -8,9 +8,10 @@ reused with other contents, and every task is a pure function of its inputs, so 
 after a lost worker gives the same bits.
 
 When the rows are persisted on a distributed cluster and the per-slab results are small (k-means,
-small mixtures), a pass is instead one task per worker thread over the slabs that worker holds,
-plus one task that merges their per-slab results in the same tree: a few tasks per pass instead of
-one per slab, and the same bits wherever the slabs happen to live.
+small mixtures), a pass is instead one task per worker thread over the slabs that worker holds;
+the client gathers their per-slab results straight from the workers and merges them in the same
+tree: a task per thread instead of one per slab and one merge hop fewer, and the same bits
+wherever the slabs happen to live.
 """
 
 from __future__ import annotations
@@ -21,6 +22,8 @@ from collections import Counter
 from fractions import Fraction
 from contextlib import contextmanager
 from contextvars import ContextVar
+from dataclasses import dataclass
+from functools import partial
 from itertools import accumulate
 from typing import Any, Callable, Iterator, Sequence
 
@@ -32,7 +35,7 @@ from dask._task_spec import DataNode, List, Task, TaskRef  # what dask's own col
 from dask.highlevelgraph import HighLevelGraph, MaterializedLayer
 
 DEFAULT_FAN_IN = 8
-# At most this many bytes of per-slab results are merged by one task (a pass over persisted rows).
+# At most this many bytes of per-slab results are gathered by the client (a pass over persisted rows).
 GATHERED_RESULTS_BYTES = 64 * 2**20
 # Seconds to wait for the scheduler to say where persisted slabs live before building the per-slab graph.
 SCHEDULER_ANSWER_SECONDS = 10
@@ -56,6 +59,21 @@ def slab_row_starts(X: da.Array) -> list[int]:
     return [0, *accumulate(X.chunks[0])][:-1]
 
 
+@dataclass(frozen=True)
+class PassGraph:
+    """One pass's graph: ``root`` is the key of the whole tree; a grouped pass (see
+    :func:`resident_groups`) also names its group tasks, whose results ``merge`` turns into the root's."""
+
+    graph: HighLevelGraph
+    layer: str
+    root: Any
+    groups: tuple = ()
+    merge: Callable[[list], Any] | None = None
+
+    def delayed(self, key) -> Delayed:
+        return Delayed(key, self.graph, layer=self.layer)
+
+
 def reduction_graph(
     X: da.Array,
     kernel: Callable[[np.ndarray, int, Any], Any],
@@ -77,6 +95,14 @@ def reduction_graph(
     ``GATHERED_RESULTS_BYTES``, a pass over persisted rows runs as one task per worker thread (see
     :func:`resident_groups`).
     """
+    built = pass_graph(X, kernel, payload, name=name, combine=combine, fan_in=fan_in, slabs=slabs,
+                       gather_bytes=gather_bytes)
+    return built.delayed(built.root)
+
+
+def pass_graph(X: da.Array, kernel, payload, *, name: str, combine, fan_in: int = DEFAULT_FAN_IN,
+               slabs: Sequence[int] | None = None, gather_bytes: int | None = None) -> PassGraph:
+    """:func:`reduction_graph`'s tree with, for a grouped pass, its group tasks and their merge."""
     if fan_in < 2:  # not a user check (the estimators validate fan_in): with 1 the loop below never ends
         raise ValueError(f"fan_in must be at least 2 to reduce in a tree, got {fan_in}")
     payload_key = f"{name}-payload"
@@ -95,17 +121,16 @@ def reduction_graph(
         return (block, starts[index]) if weights_name is None else (block, starts[index], TaskRef((weights_name, index)))
 
     groups = resident_groups(X, chosen) if gather_bytes is not None and gather_bytes <= GATHERED_RESULTS_BYTES else None
-    if groups is not None:  # one task per worker thread over its slabs, one task for the whole tree
-        parts = []
-        for number, group in enumerate(groups):
-            key = (f"{name}-map", number)
+    merge, group_keys = None, ()
+    if groups is not None:  # one task per worker thread over its slabs; the root merges them (reduction_graph)
+        group_keys = tuple((f"{name}-map", number) for number in range(len(groups)))
+        for key, group in zip(group_keys, groups):
             layer[key] = Task(key, _slabs_of_one_worker, kernel, TaskRef(payload_key),
                               List(*(List(*inputs(index)) for index in group)))
-            parts.append(TaskRef(key))
         position = {index: at for at, index in enumerate(i for group in groups for i in group)}
-        order = [position[index] for index in chosen]
+        merge = partial(_tree_of_parts, combine, fan_in, [position[index] for index in chosen])
         root = (f"{name}-reduce0", 0)
-        layer[root] = Task(root, _tree_of_parts, combine, fan_in, order, List(*parts))
+        layer[root] = Task(root, merge, List(*map(TaskRef, group_keys)))
     else:
         level = []
         for index in chosen:  # one task per slab, built directly: no Delayed object or token per task
@@ -117,7 +142,7 @@ def reduction_graph(
             level = _reduce_level(layer, f"{name}-reduce{depth}", combine, level, ranges)
         root = level[0]
     graph = HighLevelGraph.from_collections(f"{name}-tree", layer, dependencies=dependencies)
-    return Delayed(root, graph, layer=f"{name}-tree")
+    return PassGraph(graph, f"{name}-tree", root, group_keys, merge)
 
 
 def tree_levels(n_parts: int, fan_in: int) -> list[list[range]]:
@@ -200,9 +225,12 @@ def map_reduce(X: da.Array, kernel, payload, *, name: str, combine, fan_in: int 
     else on Dask's local scheduler. ``result_bytes``: the size of one slab's result, when bounded."""
     n_slabs = X.numblocks[0] if slabs is None else len(slabs)
     gather_bytes = None if result_bytes is None else result_bytes * n_slabs
-    root = reduction_graph(X, kernel, payload, name=name, combine=combine, fan_in=fan_in, slabs=slabs,
-                           gather_bytes=gather_bytes)
-    (result,) = compute(root)
+    built = pass_graph(X, kernel, payload, name=name, combine=combine, fan_in=fan_in, slabs=slabs,
+                       gather_bytes=gather_bytes)
+    if built.groups:  # the groups' results come straight to the client: one hop fewer than a root task
+        result = built.merge(list(compute(*map(built.delayed, built.groups))))
+    else:
+        (result,) = compute(built.delayed(built.root))
     counts = _pass_counts.get()
     if counts is not None:
         counts[_current_step.get()] += 1 if slabs is None else Fraction(len(slabs), X.numblocks[0])
