@@ -13,7 +13,7 @@ from sklearn.mixture._gaussian_mixture import (
 
 from daskem.kernels.covariance import COVARIANCE_TYPES
 from daskem.kernels.mixture import estimate_log_resp, gmm_chunk_stats, row_outputs
-from daskem.kernels.lloyd import COMPILED_COMPONENTS
+from daskem.kernels.lloyd import COMPILED_COMPONENTS, compiled
 from daskem.kernels.nearest import hard_chunk_stats, kmeans_transform, nearest_center
 from daskem.kernels.params import GMMParams
 from daskem.kernels.stats import SuffStats
@@ -204,6 +204,14 @@ def test_compiled_lloyd_statistics_break_ties_to_the_lowest_index_and_read_any_l
     for layout in (np.asfortranarray(X), np.hstack([X, X])[:, :6], X[::-1].copy()[::-1]):  # same rows, same order
         expected = hard_chunk_stats(np.ascontiguousarray(layout), centers[:, [0, 1, 0, 1, 0, 1]])
         assert_stats_equal(hard_chunk_stats(layout, centers[:, [0, 1, 0, 1, 0, 1]]), expected)
+
+
+def test_a_loop_numba_cannot_cache_is_compiled_in_the_process_instead():
+    """Where no cache directory can be written (here: a function with no source file), the loop
+    still compiles and runs."""
+    namespace = {}
+    exec("def double(values):\n    return values * 2.0\n", namespace)
+    np.testing.assert_array_equal(compiled(namespace["double"])(np.arange(3.0)), [0.0, 2.0, 4.0])
 
 
 @COVARIANCES

@@ -7,8 +7,8 @@ copy, its distances and its sums in registers and cache. For each row ``y = x - 
 on ties), then the float64 sums ``y`` into that centre, its count and the clipped squared distance.
 The distance products are a dot product per centre, so their cost grows as K D; past
 ``COMPILED_COMPONENTS`` centres a BLAS GEMM is faster and the NumPy kernel runs instead (see
-``nearest.hard_chunk_stats``). Compiled once per process and cached on disk next to this module
-(numba falls back to a user cache directory where that is read-only).
+``nearest.hard_chunk_stats``). Compiled once and cached on disk next to this module, or in the user's
+cache directory where that is read-only; where neither can be written, compiled in each process.
 """
 
 from __future__ import annotations
@@ -26,7 +26,16 @@ COMPILED_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 _FASTMATH = {"reassoc", "contract", "nsz", "arcp"}
 
 
-@numba.njit(nogil=True, cache=True, fastmath=_FASTMATH)
+def compiled(function):
+    """``function`` compiled without the GIL, cached on disk when numba finds a writable place for the
+    cache (a read-only install run by a user without a home has none: numba refuses to cache then)."""
+    try:
+        return numba.njit(nogil=True, cache=True, fastmath=_FASTMATH)(function)
+    except RuntimeError:  # "cannot cache function ...: no locator available"
+        return numba.njit(nogil=True, cache=False, fastmath=_FASTMATH)(function)
+
+
+@compiled
 def lloyd_sums(X, reference, centred, norms, weights, sums, nk) -> float:
     """Add each row of ``X`` to its nearest centre in ``sums`` (K, D) and ``nk`` (K,), float64 and in
     place, with ``weights`` (n,) or None; return the (weighted) sum of squared distances.
