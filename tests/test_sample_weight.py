@@ -94,6 +94,27 @@ def test_bad_weights_fail_in_one_line(blobs, weights, message, model):
         model(2).fit(X, sample_weight=weights(len(X)))
 
 
+@pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")
+@pytest.mark.parametrize("model", [
+    lambda: daskem.KMeans(2, init=[[0.0, 0, 0], [3, 3, 3]], algorithm="stepwise", max_passes=2,
+                          steps_per_pass=3, random_state=5),
+    lambda: daskem.GaussianMixture(2, means_init=[[0.0, 0, 0], [3, 3, 3]], algorithm="stepwise", max_passes=2,
+                                   steps_per_pass=3, random_state=5)], ids=["kmeans", "gmm"])
+def test_stepwise_fits_weigh_rows_as_batch_fits_do(blobs, model):
+    """Stepwise EM's mini-batches carry the weights: the same weight on every row changes nothing,
+    and far rows of weight zero pull no centre."""
+    X, _, _ = blobs
+    rows = da.from_array(X, chunks=(20, -1))
+    centres = lambda fitted: getattr(fitted, "cluster_centers_", getattr(fitted, "means_", None))  # noqa: E731
+    np.testing.assert_allclose(centres(model().fit(rows, sample_weight=np.full(len(X), 3.0))),
+                               centres(model().fit(rows)), rtol=0, atol=1e-12)
+    far = X.copy()
+    far[::7] = 500.0
+    weights = np.ones(len(X))
+    weights[::7] = 0.0
+    assert np.abs(centres(model().fit(da.from_array(far, chunks=(20, -1)), sample_weight=weights))).max() < 10
+
+
 def test_a_scalar_weight_is_every_row_repeated(blobs):
     X = blobs[0]
     init = np.array([[0.0, 0, 0], [3, 3, 3]])
