@@ -13,9 +13,11 @@ from sklearn import cluster
 import daskem
 from daskem.kernels import tiles as tiles_module
 from daskem.kernels.draws import row_uniforms
+from daskem.engine.reduction import row_weights
 from daskem.models.initialization.kmeans_parallel import (
     ROUND_STREAM,
     first_center_rows,
+    first_centers,
     kmeans_parallel,
 )
 
@@ -229,3 +231,23 @@ def test_gaussian_mixture_started_by_k_means_parallel_finds_the_blobs(init_param
                                     init_rounds=3, oversampling_factor=3.0).fit(da.from_array(BLOBS, chunks=(900, -1)))
     assert distance_to_nearest(BLOB_MEANS, fitted.means_).max() < 1e-6
     assert sorted(np.bincount(fitted.predict(BLOBS), minlength=K)) == list(SIZES)
+
+
+def test_with_row_weights_the_first_centre_is_drawn_in_proportion_to_them():
+    """Only rows of positive weight can be the first centre, each as often as its share of the weight,
+    however the rows are chunked (slabs of zero weight included)."""
+    X = np.arange(3000.0).reshape(1000, 3)
+    weights = np.zeros(len(X))
+    weights[[37, 512, 513, 998]] = [1.0, 0.5, 0.5, 2.0]  # rows of slabs 0, 5 and 9 at 100 rows a slab
+    seeds = list(range(400))
+    for chunk in (100, 333, 1000):
+        rows, w = da.from_array(X, chunks=(chunk, -1)), da.from_array(weights, chunks=chunk)
+        with row_weights(rows, w):
+            picked = [int(centre[0, 0]) // 3 for centre in first_centers(rows, seeds, name=f"test-first-{chunk}")]
+        if chunk == 100:
+            first = picked
+        assert picked == first  # the same draws on any chunking
+    counts = Counter(picked)
+    assert set(counts) <= {37, 512, 513, 998}
+    for row, share in ((37, 0.25), (512, 0.125), (513, 0.125), (998, 0.5)):
+        assert abs(counts[row] / len(seeds) - share) < 4 * np.sqrt(share * (1 - share) / len(seeds)), counts

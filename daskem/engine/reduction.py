@@ -292,6 +292,12 @@ def row_weights(X: da.Array, weights: da.Array | None) -> Iterator[None]:
         _row_weights.reset(token)
 
 
+def weights_of(X: da.Array) -> da.Array | None:
+    """The row weights set for ``X`` by :func:`row_weights`, or None (every row counts once)."""
+    weighted = _row_weights.get()
+    return weighted[1] if weighted is not None and weighted[0] == X.name else None
+
+
 @contextmanager
 def step(name: str) -> Iterator[None]:
     """Count the passes made inside the block as step ``name`` (init, em, scoring, outputs, ...)."""

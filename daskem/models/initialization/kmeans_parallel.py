@@ -7,7 +7,9 @@ then weighted Lloyd). Passes over the data, for any number of seeds (``n_init`` 
 in the same passes):
 
 * the first centre, one uniformly drawn row per seed: its global index comes from the seed and N
-  alone, so one task per seed reads just the slab that holds it (at most ``n_init`` slabs);
+  alone, so one task per seed reads just the slab that holds it (at most ``n_init`` slabs); with
+  row weights, the row is drawn with probability proportional to its weight, from the seed and the
+  weights' running sum (one compute over the weights, not the rows, finds the slab);
 * round 1 .. ``n_rounds``: one pass each; round 1 also checks every row for NaN and infinity;
 * one counting pass for the candidate weights.
 
@@ -40,7 +42,7 @@ import dask.array as da
 import numpy as np
 
 from daskem.engine.checkpoint import Checkpoint
-from daskem.engine.reduction import DEFAULT_FAN_IN, compute, map_reduce, slab_row_starts
+from daskem.engine.reduction import DEFAULT_FAN_IN, compute, map_reduce, slab_row_starts, weights_of
 from daskem.kernels.draws import row_uniforms
 from daskem.kernels.nearest import nearest_tiles
 from daskem.kernels.tiles import check_finite_block, tile_rows
@@ -143,21 +145,49 @@ def _pick_row(slab, row_start: int, offset: int) -> np.ndarray:
     return np.asarray(slab[offset], dtype=np.float64)[None, :]
 
 
+def _pick_weighted_row(slab, row_start: int, weights, target: float) -> np.ndarray:
+    """The row of ``slab`` where the running sum of its ``weights`` first exceeds ``target`` (so a row
+    of weight zero is never picked); the last row of positive weight if rounding overshoots."""
+    running = np.cumsum(np.asarray(weights, dtype=np.float64))
+    offset = int(np.searchsorted(running, target, side="right"))
+    if offset >= len(running):
+        offset = int(np.flatnonzero(np.asarray(weights) > 0)[-1])
+    return _pick_row(slab, row_start, offset)
+
+
 def first_center_rows(n_rows: int, seeds: Sequence[int]) -> list[int]:
     """The global index of each seed's first centre: uniform over the rows, keyed by the seed alone."""
-    return [min(int(row_uniforms(seed, FIRST_CENTER_STREAM, 0, 1)[0, 0] * n_rows), n_rows - 1) for seed in seeds]
+    return [min(int(_first_uniform(seed) * n_rows), n_rows - 1) for seed in seeds]
+
+
+def _first_uniform(seed: int) -> float:
+    return float(row_uniforms(seed, FIRST_CENTER_STREAM, 0, 1)[0, 0])
 
 
 def first_centers(X: da.Array, seeds: Sequence[int], *, name: str) -> list[np.ndarray]:
     """Each seed's first centre, (1, D), read by one task per seed from the slab that holds it:
-    one compute that reads at most ``len(seeds)`` slabs, and sends only the rows to the client."""
+    one compute that reads at most ``len(seeds)`` slabs, and sends only the rows to the client.
+    With row weights, the centre is drawn in proportion to the weights (see the module doc)."""
     starts = slab_row_starts(X)
     slabs = X.to_delayed(optimize_graph=False).ravel()
+    weights = weights_of(X)
     picks = []
-    for number, row in enumerate(first_center_rows(X.shape[0], seeds)):
-        slab = int(np.searchsorted(starts, row, side="right")) - 1  # the last slab starting at or before row
-        picks.append(dask.delayed(_pick_row, pure=True)(slabs[slab], starts[slab], row - starts[slab],
-                                                       dask_key_name=(name, number)))
+    if weights is None:
+        for number, row in enumerate(first_center_rows(X.shape[0], seeds)):
+            slab = int(np.searchsorted(starts, row, side="right")) - 1  # the last slab starting at or before row
+            picks.append(dask.delayed(_pick_row, pure=True)(slabs[slab], starts[slab], row - starts[slab],
+                                                           dask_key_name=(name, number)))
+        return list(compute(*picks))
+    blocks = weights.to_delayed(optimize_graph=False).ravel()
+    running = np.cumsum(compute(*(dask.delayed(np.sum, pure=True)(block, dtype=np.float64) for block in blocks)))
+    for number, seed in enumerate(seeds):
+        target = _first_uniform(seed) * running[-1]
+        slab = int(np.searchsorted(running, target, side="right"))  # the first slab whose sum passes target
+        if slab == len(running):  # rounding: target reached the total; the last slab of positive weight
+            slab = int(np.flatnonzero(np.diff(running, prepend=0.0) > 0)[-1])
+        before = running[slab - 1] if slab else 0.0
+        picks.append(dask.delayed(_pick_weighted_row, pure=True)(slabs[slab], starts[slab], blocks[slab], target - before,
+                                                                dask_key_name=(name, number)))
     return list(compute(*picks))
 
 
