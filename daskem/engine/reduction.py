@@ -107,12 +107,9 @@ def pass_graph(X: da.Array, kernel, payload, *, name: str, combine, fan_in: int 
         raise ValueError(f"fan_in must be at least 2 to reduce in a tree, got {fan_in}")
     payload_key = f"{name}-payload"
     layer: dict = {payload_key: DataNode(payload_key, payload)}
-    dependencies = [X]
-    weighted = _row_weights.get()
-    weights_name = None
-    if weighted is not None and weighted[0] == X.name:
-        weights_name = weighted[1].name
-        dependencies.append(weighted[1])
+    weights = weights_of(X)
+    dependencies = [X] if weights is None else [X, weights]
+    weights_name = None if weights is None else weights.name
     starts = slab_row_starts(X)
     chosen = range(X.numblocks[0]) if slabs is None else [int(index) for index in slabs]
 
