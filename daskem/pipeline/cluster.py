@@ -16,6 +16,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
 
+import yaml
+
 from daskem.data.slabs import slab_bytes_for_cluster
 from daskem.data.stores import DataSource, open_data
 from daskem.engine.reduction import DEFAULT_FAN_IN, reduction_graph
@@ -28,6 +30,23 @@ from daskem.pipeline.config import (
 )
 
 logger = logging.getLogger("daskem")
+
+# The dask configuration daskem's worker processes start with (their environment; see the file).
+WORKERS_CONFIG = Path(__file__).with_name("dask_config") / "workers.yaml"
+
+
+def worker_settings() -> dict[str, Any]:
+    """``workers.yaml`` as dotted dask config keys, for ``dask.config.set`` around a cluster's start.
+    Dotted keys change only the variables named there; one the user's own dask config already sets
+    (to anything but distributed's default) is left as the user set it."""
+    import dask
+    import distributed  # noqa: F401  (registers distributed's defaults)
+
+    environ = yaml.safe_load(WORKERS_CONFIG.read_text())["distributed"]["nanny"]["pre-spawn-environ"]
+    defaults = dask.config.merge(*dask.config.defaults)
+    settings = {f"distributed.nanny.pre-spawn-environ.{name}": value for name, value in environ.items()}
+    return {key: value for key, value in settings.items()
+            if dask.config.get(key, None) in (value, dask.config.get(key, None, config=defaults))}
 
 
 @contextmanager
@@ -65,12 +84,13 @@ def connect(cluster: ClusterConfig) -> Iterator[Any]:
 
 def _embedded_client(cluster: ClusterConfig):
     """A LocalCluster of worker processes as ``cluster`` describes it, and a client on it."""
+    import dask
     from distributed import Client, LocalCluster
 
     # Task errors reach the client, which reports them; the workers' own copies (with their
     # tracebacks) are shown with -v only.
     verbose = logger.isEnabledFor(logging.DEBUG)
-    with _workers_ignore_ctrl_c():
+    with _workers_ignore_ctrl_c(), dask.config.set(worker_settings()):
         local = LocalCluster(
             n_workers=cluster.n_workers, threads_per_worker=cluster.threads_per_worker,
             memory_limit=cluster.memory_limit, processes=True, dashboard_address=":0",
