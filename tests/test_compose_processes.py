@@ -12,7 +12,9 @@ the ``work`` directory that the volume shares).
 from __future__ import annotations
 
 import json
+import os
 import re
+import shlex
 import shutil
 import subprocess
 import sys
@@ -33,6 +35,7 @@ from test_docker import DOCKER, instructions
 
 from daskem.data.stores import open_zarr_array
 from daskem.outputs.model_files import load_model
+from daskem.pipeline.cluster import WORKERS_CONFIG
 from daskem.pipeline.config_loading import load_config
 
 PORT_FLAGS, HOST_FLAGS = {"-p", "--port"}, {"-H", "--host"}
@@ -103,6 +106,14 @@ def image_workdir(root: Path) -> Path:
     return workdir
 
 
+def image_environment(workdir: Path) -> dict[str, str]:
+    """The Dockerfile's ``ENV`` variables, with the image's working directory at ``workdir``."""
+    image_workdir = next(arguments for keyword, arguments in instructions() if keyword == "WORKDIR")
+    pairs = [pair.split("=", 1) for keyword, arguments in instructions() if keyword == "ENV"
+             for pair in shlex.split(arguments)]
+    return {name: value.replace(image_workdir, str(workdir)) for name, value in pairs}
+
+
 class Deployment:
     """The compose services as processes in one working directory, their output in log files."""
 
@@ -120,8 +131,8 @@ class Deployment:
         service = self.services[name]
         assert set(service.get("depends_on", {})) <= set(self.processes), f"{name} before what it depends on"
         with open(self.root / f"{name}.log", "wb") as log:
-            process = subprocess.Popen(self.outside.command(service["command"]), cwd=self.workdir,
-                                       env=self.outside.environment(service, self.root), stdout=log,
+            env = {**image_environment(self.workdir), **self.outside.environment(service, self.root)}
+            process = subprocess.Popen(self.outside.command(service["command"]), cwd=self.workdir, env=env, stdout=log,
                                        stderr=subprocess.STDOUT)
         self.processes[name] = process
         return process
@@ -157,13 +168,14 @@ class Deployment:
                 process.wait()
 
 
-def wait_for_workers(scheduler_file: Path, names: Iterable[str]) -> None:
-    """Until the workers have joined: compose's job depends on them being started, not joined, and
-    waits only for one, while the test checks that the run used both."""
+def wait_for_workers(scheduler_file: Path, names: Iterable[str]) -> dict[str, dict[str, str]]:
+    """Until the workers have joined (compose's job depends on them being started, not joined, and
+    waits only for one, while the test checks that the run used both); then each one's environment."""
     from distributed import Client
 
     with Client(scheduler_file=str(scheduler_file), timeout="30s") as client:
         client.wait_for_workers(len(list(names)), timeout=60)
+        return client.run(lambda: dict(os.environ))  # a lambda goes by value: the workers cannot import this module
 
 
 def fetched(path: str, storage_options: dict, workdir: Path, local: Path) -> Path:
@@ -192,7 +204,11 @@ def test_the_compose_services_run_as_processes_and_the_job_writes_its_outputs(tm
         setup = deployment.run("setup", timeout=120)
         assert setup.returncode == 0, setup.stdout
         scheduler_file = deployment.workdir / "work" / "scheduler.json"
-        wait_for_workers(scheduler_file, workers)
+        environments = wait_for_workers(scheduler_file, workers)
+        # the image's dask config reaches the workers: they start with daskem's allocator settings
+        expected = yaml.safe_load(WORKERS_CONFIG.read_text())["distributed"]["nanny"]["pre-spawn-environ"]
+        for environ in environments.values():
+            assert {name: environ.get(name) for name in expected} == {name: str(v) for name, v in expected.items()}
         scheduler = json.loads(scheduler_file.read_text())["address"]
         job = deployment.run("job", timeout=180)
         assert job.returncode == 0, job.stdout
