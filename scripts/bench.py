@@ -97,11 +97,16 @@ def open_store(args):
 
 @contextmanager
 def cluster_and_store(args, cache: bool):
-    """A LocalCluster like the pipeline's embedded one, a client, and the store opened for it
-    (persisted on the workers when ``cache``)."""
+    """A LocalCluster like the pipeline's embedded one (its workers' settings too, unless
+    ``--allocator distributed``), a client, and the store opened for it (persisted on the workers
+    when ``cache``)."""
+    import dask
     from distributed import Client, LocalCluster, wait
 
-    with LocalCluster(n_workers=args.workers, threads_per_worker=1, memory_limit=args.memory_limit,
+    from daskem.pipeline.cluster import worker_settings
+
+    settings = worker_settings() if args.allocator == "daskem" else {}
+    with dask.config.set(settings), LocalCluster(n_workers=args.workers, threads_per_worker=1, memory_limit=args.memory_limit,
                       processes=True, dashboard_address=None) as cluster, Client(cluster) as client:
         X = open_store(args)
         if cache:
@@ -272,7 +277,8 @@ def report(args, results: dict[str, dict]) -> str:
     classic_flops = 4 * n * k * d * d  # whitening product + weighted outer products, D x D per component
     arithmetic = classic_flops / rate
     lines = [
-        f"data: {n} x {d} float64, K = {k}, {args.workers} workers x 1 thread, slab rows {args.slab_rows or 'planned'}",
+        f"data: {n} x {d} float64, K = {k}, {args.workers} workers x 1 thread, slab rows {args.slab_rows or 'planned'}, "
+        f"workers' malloc settings: {args.allocator}'s",
         f"floor: read the store once {floor['read_seconds']:.3f} s; full-covariance arithmetic "
         f"{classic_flops:.2e} flop at {rate / 1e9:.1f} GFLOP/s = {arithmetic:.3f} s; "
         f"floor for full/tied = {floor['read_seconds'] + arithmetic:.3f} s; fastest decode of the store "
@@ -320,6 +326,8 @@ def main(argv=None) -> int:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--memory-limit", default="6GiB")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--allocator", choices=["daskem", "distributed"], default="daskem",
+                        help="the workers' malloc thresholds: daskem's (its embedded cluster's) or distributed's defaults")
     parser.add_argument("--cases", nargs="*", default=None, help="subset of cases (default: all)")
     parser.add_argument("--case", help=argparse.SUPPRESS)  # run one case in this process, print JSON
     args = parser.parse_args(argv)

@@ -124,17 +124,20 @@ def disk_read_rate(files: list[str]) -> dict:
 # ------------------------------------------------------------------------------------ fits
 def fit_on_cluster(args, store: dict, files: list[str], label: str, make_model) -> dict:
     """One fit on a fresh LocalCluster, streaming from the store; its passes, time and worker peaks."""
+    import dask
     from dask.utils import parse_bytes
     from distributed import Client, LocalCluster
 
     from daskem.data.slabs import DEFAULT_SLAB_BYTES, slab_bytes_for_cluster
     from daskem.data.stores import open_array
+    from daskem.pipeline.cluster import worker_settings
 
     data_bytes = store["rows"] * args.features * 4
     slab_bytes = slab_bytes_for_cluster(data_bytes, DEFAULT_SLAB_BYTES, n_threads=args.workers * args.threads,
                                         smallest_memory=parse_bytes(args.memory_limit))
-    with LocalCluster(n_workers=args.workers, threads_per_worker=args.threads, memory_limit=args.memory_limit,
-                      processes=True, dashboard_address=":0") as cluster, Client(cluster) as client:
+    with dask.config.set(worker_settings()), LocalCluster(  # the embedded cluster's worker settings
+            n_workers=args.workers, threads_per_worker=args.threads, memory_limit=args.memory_limit, processes=True,
+            dashboard_address=":0") as cluster, Client(cluster) as client:
         _, X = open_array(args.path, array="X", slab_bytes=slab_bytes)
         drop_from_page_cache(files)
         print(f"{label}: {X.numblocks[0]} slabs of up to {max(X.chunks[0])} rows ...", flush=True)

@@ -102,13 +102,17 @@ def main(argv=None) -> int:
     parser.add_argument("--data", nargs="+", choices=list(SPREADS), default=list(DEFAULT_DATA))
     args = parser.parse_args(argv)
 
+    import dask
     import dask.array as da
     import zarr
     from distributed import Client, LocalCluster
 
+    from daskem.pipeline.cluster import worker_settings
+
     warnings.filterwarnings("ignore", category=FutureWarning)
-    with LocalCluster(n_workers=args.workers, threads_per_worker=1, memory_limit=args.memory_limit,
-                      dashboard_address=None) as cluster, Client(cluster):
+    with dask.config.set(worker_settings()), LocalCluster(  # the embedded cluster's worker settings
+            n_workers=args.workers, threads_per_worker=1, memory_limit=args.memory_limit,
+            dashboard_address=None) as cluster, Client(cluster):
         for name in args.data:
             path = Path(args.folder) / f"fit-{name}-{args.rows}x{args.features}-k{args.components}.zarr"
             ensure_store(path, args, SPREADS[name])
