@@ -270,6 +270,13 @@ def all_cases() -> list[str]:
 
 
 # ---------------------------------------------------------------------------------- report
+def fastest_decode(floor: dict) -> float:
+    """The store decoded once the fastest way measured: through Dask's per-slab tasks, as a pass reads
+    it, or by zarr alone reading each worker's share in one call (faster under distributed's own
+    malloc settings, slower under the embedded cluster's, whose per-slab reads then reuse buffers)."""
+    return min(floor["read_seconds"], floor["decode_seconds"])
+
+
 def report(args, results: dict[str, dict]) -> str:
     floor = results["floor"]
     n, d, k = args.rows, args.features, args.components
@@ -281,8 +288,8 @@ def report(args, results: dict[str, dict]) -> str:
         f"workers' malloc settings: {args.allocator}'s",
         f"floor: read the store once {floor['read_seconds']:.3f} s; full-covariance arithmetic "
         f"{classic_flops:.2e} flop at {rate / 1e9:.1f} GFLOP/s = {arithmetic:.3f} s; "
-        f"floor for full/tied = {floor['read_seconds'] + arithmetic:.3f} s; fastest decode of the store "
-        f"(zarr alone on each worker's share) {floor['decode_seconds']:.3f} s",
+        f"floor for full/tied = {floor['read_seconds'] + arithmetic:.3f} s; zarr alone decoding each worker's "
+        f"share in one call {floor['decode_seconds']:.3f} s; fastest decode of the store {fastest_decode(floor):.3f} s",
         "",
         f"{'case':28s} {'s/iter':>9s} {'iters':>5s} {'client MiB':>10s} {'worker MiB':>10s}",
     ]
@@ -305,7 +312,7 @@ def report(args, results: dict[str, dict]) -> str:
         lines.append(f"  gmm {covariance_type}: daskem/sklearn = {ours / theirs:.3f} (1/{theirs / ours:.1f})")
         target(f"gmm {covariance_type} from zarr <= sklearn/{share}", ours, theirs / share)
     kmeans, kmeans_cached = seconds["daskem:kmeans@zarr"], seconds["daskem:kmeans@memory"]
-    target("kmeans from zarr <= 1.15 x the fastest decode", kmeans, 1.15 * floor["decode_seconds"])
+    target("kmeans from zarr <= 1.15 x the fastest decode", kmeans, 1.15 * fastest_decode(floor))
     target("kmeans from zarr <= dask-ml (zarr) / 2", kmeans, seconds["dask-ml:zarr"] / 2)
     target("kmeans cached <= 2 x sklearn in memory", kmeans_cached, 2 * seconds["sklearn:kmeans"])
     target("kmeans cached <= dask-ml (persisted) / 3", kmeans_cached, seconds["dask-ml:memory"] / 3)
