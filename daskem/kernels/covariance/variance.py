@@ -20,21 +20,31 @@ class VarianceCovariance(CovarianceType):
     def _cross(self, shift, sums):
         return 2.0 * shift * sums
 
+    def _squares(self, rows) -> np.ndarray:
+        """(n, W) the squares of the rows that the variances weigh: each feature's (W = D) here; a type
+        whose components have one variance for all features may use the squared norms (W = 1)."""
+        return rows.squares
+
+    def _square_weights(self, precisions: np.ndarray) -> np.ndarray:
+        """(K, W) the precisions that weigh ``_squares``, from the (K, D) per-feature precisions."""
+        return precisions
+
     def weighted_products(self, rows, resp):
-        """``sum_i r_ik y_i**2`` for all components in one GEMM, pooled by type."""
-        return self._pool(resp.T @ rows.squares)
+        """``sum_i r_ik`` times the ``_squares`` of each row, for all components in one GEMM, pooled by type."""
+        return self._pool(resp.T @ self._squares(rows))
 
     def density_terms(self, centred_means, precisions_cholesky):
-        """Per-feature precisions, ``-2 p_k * m_k`` (D x K) and ``sum_d p_kd m_kd^2``."""
+        """Precisions weighing ``_squares`` (K x W), ``-2 p_k * m_k`` (D x K) and ``sum_d p_kd m_kd^2``."""
         precisions = self._expand(precisions_cholesky, *centred_means.shape) ** 2
         weighted_means = centred_means * precisions
-        return precisions, np.ascontiguousarray(-2.0 * weighted_means.T), np.sum(centred_means * weighted_means, axis=1)
+        return (np.ascontiguousarray(self._square_weights(precisions).T), np.ascontiguousarray(-2.0 * weighted_means.T),
+                np.sum(centred_means * weighted_means, axis=1))
 
     def squared_mahalanobis(self, rows, terms):
         """(n, K) ``sum_d p_kd (y_d - m_kd)^2`` as GEMMs; accurate because the inputs are centred."""
-        precisions, minus_twice_weighted_means, constant = terms
-        shape = (rows.n_rows, precisions.shape[0])
-        distances = np.matmul(rows.squares, precisions.T, out=rows.take("distances", shape))
+        square_weights, minus_twice_weighted_means, constant = terms
+        shape = (rows.n_rows, square_weights.shape[1])
+        distances = np.matmul(self._squares(rows), square_weights, out=rows.take("distances", shape))
         distances += np.matmul(rows.values, minus_twice_weighted_means, out=rows.take("cross", shape))
         distances += constant
         return np.maximum(distances, 0.0, out=distances)
@@ -115,3 +125,10 @@ class SphericalCovariance(VarianceCovariance):
 
     def _describe(self, index, noun):
         return f"{noun} of component {index[0]}"
+
+    def _squares(self, rows):
+        """The squared norms as one column: one product per row and component instead of D."""
+        return rows.norms[:, None]
+
+    def _square_weights(self, precisions):
+        return precisions[:, :1]  # the same for every feature
