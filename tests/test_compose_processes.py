@@ -35,7 +35,7 @@ from test_docker import DOCKER, instructions
 
 from daskem.data.stores import open_zarr_array
 from daskem.outputs.model_files import load_model
-from daskem.pipeline.cluster import WORKERS_CONFIG
+from daskem.pipeline.cluster import worker_environment
 from daskem.pipeline.config_loading import load_config
 
 PORT_FLAGS, HOST_FLAGS = {"-p", "--port"}, {"-H", "--host"}
@@ -206,7 +206,7 @@ def test_the_compose_services_run_as_processes_and_the_job_writes_its_outputs(tm
         scheduler_file = deployment.workdir / "work" / "scheduler.json"
         environments = wait_for_workers(scheduler_file, workers)
         # the image's dask config reaches the workers: they start with daskem's allocator settings
-        expected = yaml.safe_load(WORKERS_CONFIG.read_text())["distributed"]["nanny"]["pre-spawn-environ"]
+        expected = worker_environment()
         for environ in environments.values():
             assert {name: environ.get(name) for name in expected} == {name: str(v) for name, v in expected.items()}
         scheduler = json.loads(scheduler_file.read_text())["address"]
@@ -235,3 +235,4 @@ def test_the_compose_services_run_as_processes_and_the_job_writes_its_outputs(tm
     assert summary["cluster"]["embedded"] is False and summary["cluster"]["scheduler"] == scheduler
     assert summary["cluster"]["n_workers"] == len(workers) == 2
     assert f"cluster: scheduler {scheduler}, 2 worker(s)" in job.stdout
+    assert "without daskem's malloc settings" not in job.stdout  # the image's workers have them

@@ -34,6 +34,9 @@ def test_run_and_predict_find_the_scheduler_through_its_file_and_log_its_dashboa
         assert predicted.returncode == 0, predicted.stderr
     address = info["address"]
     assert f"cluster: scheduler {address}, 2 worker(s)" in done.stderr
+    # plain `dask worker`s start with distributed's malloc settings: the run says so, and where the fix is
+    assert "2 of 2 worker(s) run without daskem's malloc settings" in done.stderr
+    assert "docs/deployment.md" in done.stderr
     link = f"http://127.0.0.1:{info['services']['dashboard']}/status"
     assert f"dashboard: {link}" in done.stderr
     for directory in ("out", "pred"):

@@ -11,10 +11,9 @@ import os
 import dask
 import numpy as np
 import pytest
-import yaml
 from distributed import Client, LocalCluster
 
-from daskem.pipeline.cluster import WORKERS_CONFIG, connect, worker_settings
+from daskem.pipeline.cluster import connect, worker_environment, worker_settings
 from daskem.pipeline.config import ClusterConfig
 
 TRIM = "distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_"
@@ -56,7 +55,7 @@ needs_glibc = pytest.mark.skipif(not hasattr(ctypes.CDLL(None), "mallinfo2"), re
 @pytest.mark.cluster
 @needs_glibc
 def test_embedded_workers_take_a_chunks_buffers_from_the_heap(monkeypatch):
-    expected = yaml.safe_load(WORKERS_CONFIG.read_text())["distributed"]["nanny"]["pre-spawn-environ"]
+    expected = worker_environment()
     state = embedded_worker_state()
     assert state["environ"] == {**{name: str(value) for name, value in expected.items()}, "OMP_NUM_THREADS": "1"}
     assert state["chunk"] == 0 and state["slab"] >= SLAB_BYTES

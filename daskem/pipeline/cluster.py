@@ -35,6 +35,11 @@ logger = logging.getLogger("daskem")
 WORKERS_CONFIG = Path(__file__).with_name("dask_config") / "workers.yaml"
 
 
+def worker_environment() -> dict[str, Any]:
+    """The environment variables ``workers.yaml`` gives a worker process, with their values."""
+    return yaml.safe_load(WORKERS_CONFIG.read_text())["distributed"]["nanny"]["pre-spawn-environ"]
+
+
 def worker_settings() -> dict[str, Any]:
     """``workers.yaml`` as dotted dask config keys, for ``dask.config.set`` around a cluster's start.
     Dotted keys change only the variables named there; one the user's own dask config already sets
@@ -42,7 +47,7 @@ def worker_settings() -> dict[str, Any]:
     import dask
     import distributed  # noqa: F401  (registers distributed's defaults)
 
-    environ = yaml.safe_load(WORKERS_CONFIG.read_text())["distributed"]["nanny"]["pre-spawn-environ"]
+    environ = worker_environment()
     defaults = dask.config.merge(*dask.config.defaults)
     settings = {f"distributed.nanny.pre-spawn-environ.{name}": value for name, value in environ.items()}
     return {key: value for key, value in settings.items()
@@ -129,7 +134,27 @@ def _scheduler_client(cluster: ClusterConfig):
         client.close()
         raise DaskemUserError(f"{key}: the scheduler at {address} has no workers; start some") from None
     logger.info("cluster: scheduler %s, %d worker(s)", address, len(client.scheduler_info()["workers"]))
+    log_worker_settings(client)
     return client
+
+
+def log_worker_settings(client) -> None:
+    """Say which of the running workers lack ``workers.yaml``'s settings (their nannies set them
+    before a worker starts, from the dask config of the machine that runs ``dask worker``)."""
+    environ = worker_environment()
+    names = sorted(environ)
+    found = client.run(_environment_values, names)
+    lacking = sum(values != [str(environ[name]) for name in names] for values in found.values())
+    if lacking:
+        logger.info("cluster: %d of %d worker(s) run without daskem's malloc settings (%s), so reading a "
+                    "store can take up to twice as long; see 'The workers' memory allocator' in docs/deployment.md",
+                    lacking, len(found), ", ".join(f"{name}={environ[name]}" for name in names))
+
+
+def _environment_values(names: list[str]) -> list[str | None]:
+    import os
+
+    return [os.environ.get(name) for name in names]
 
 
 def connect_timeout() -> float:
