@@ -36,8 +36,9 @@ class Workspace:
 
     Dask workers run with a malloc trim threshold of 64 KiB by default, so every fresh temporary
     larger than that is a new mapping and page faults: a kernel that allocates per tile runs
-    2-3x slower on a worker than in a notebook. Taking the large arrays from here keeps the
-    allocations to one per buffer and slab.
+    2-3x slower on a worker than in a notebook. daskem's own workers start with other settings
+    (``pipeline/dask_config/workers.yaml``), but a user's cluster may not; taking the large arrays
+    from here keeps the allocations to one per buffer and slab on any worker.
     """
 
     def __init__(self):
