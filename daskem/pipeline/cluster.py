@@ -20,7 +20,7 @@ import yaml
 
 from daskem.data.slabs import slab_bytes_for_cluster
 from daskem.data.stores import DataSource, open_data
-from daskem.engine.reduction import DEFAULT_FAN_IN, reduction_graph
+from daskem.engine.reduction import DEFAULT_FAN_IN, SCHEDULER_ANSWER_SECONDS, reduction_graph
 from daskem.errors import DaskemUserError
 from daskem.pipeline.config import (
     ClusterConfig,
@@ -139,11 +139,14 @@ def _scheduler_client(cluster: ClusterConfig):
 
 
 def log_worker_settings(client) -> None:
-    """Say which of the running workers lack ``workers.yaml``'s settings (their nannies set them
+    """Say how many of the running workers lack ``workers.yaml``'s settings (their nannies set them
     before a worker starts, from the dask config of the machine that runs ``dask worker``)."""
     environ = worker_environment()
     names = sorted(environ)
-    found = client.run(_environment_values, names)
+    try:
+        found = client.run(_environment_values, names, callback_timeout=SCHEDULER_ANSWER_SECONDS)
+    except (OSError, TimeoutError):  # only a hint: a worker that cannot answer now is the passes' to report
+        return
     lacking = sum(values != [str(environ[name]) for name in names] for values in found.values())
     if lacking:
         logger.info("cluster: %d of %d worker(s) run without daskem's malloc settings (%s), so reading a "
