@@ -49,20 +49,30 @@ def embedded_worker_state() -> dict:
         return client.submit(worker_state, pure=False).result()
 
 
+@pytest.fixture
+def clean_environment(monkeypatch):
+    """No malloc variable in this process's environment: a nanny gives its worker the environment's
+    value over the dask config's, and every nanny leaves the variables it set there, so an earlier
+    cluster in this process would decide what the next one's workers get."""
+    for name in worker_environment():
+        monkeypatch.delenv(name, raising=False)
+
+
 needs_glibc = pytest.mark.skipif(not hasattr(ctypes.CDLL(None), "mallinfo2"), reason="glibc's mallinfo2 (2.33+)")
 
 
 @pytest.mark.cluster
 @needs_glibc
-def test_embedded_workers_take_a_chunks_buffers_from_the_heap(monkeypatch):
+def test_embedded_workers_take_a_chunks_buffers_from_the_heap(clean_environment, monkeypatch):
     expected = worker_environment()
     state = embedded_worker_state()
     assert state["environ"] == {**{name: str(value) for name, value in expected.items()}, "OMP_NUM_THREADS": "1"}
     assert state["chunk"] == 0 and state["slab"] >= SLAB_BYTES
 
-    # a LocalCluster with distributed's own settings maps every such buffer afresh (a nanny leaves the
-    # variables it sets in its own process's environment, and later workers would inherit them)
-    monkeypatch.delenv("MALLOC_MMAP_THRESHOLD_", raising=False)
+    # a LocalCluster with distributed's own settings maps every such buffer afresh (the embedded
+    # cluster's nanny left its variables in this process's environment: cleared again first)
+    for name in worker_environment():
+        monkeypatch.delenv(name, raising=False)
     with LocalCluster(n_workers=1, threads_per_worker=1, memory_limit="1GiB", dashboard_address=None) as cluster, \
             Client(cluster) as client:
         plain = client.submit(worker_state, pure=False).result()
@@ -75,3 +85,13 @@ def test_a_value_the_user_set_in_dask_config_is_kept():
     assert set(ours) == {TRIM, "distributed.nanny.pre-spawn-environ.MALLOC_MMAP_THRESHOLD_"}
     with dask.config.set({TRIM: 0}):
         assert worker_settings() == {key: value for key, value in ours.items() if key != TRIM}
+
+
+@pytest.mark.cluster
+def test_a_variable_in_the_environment_wins_and_the_run_says_so(clean_environment, monkeypatch, caplog):
+    monkeypatch.setenv("MALLOC_TRIM_THRESHOLD_", "65536")  # as an earlier LocalCluster here leaves it
+    with caplog.at_level("INFO", logger="daskem"):
+        state = embedded_worker_state()
+    assert state["environ"]["MALLOC_TRIM_THRESHOLD_"] == "65536"
+    assert state["environ"]["MALLOC_MMAP_THRESHOLD_"] == str(worker_environment()["MALLOC_MMAP_THRESHOLD_"])
+    assert "MALLOC_TRIM_THRESHOLD_=65536 in this process's environment take precedence" in caplog.text

@@ -95,6 +95,7 @@ def _embedded_client(cluster: ClusterConfig):
     # Task errors reach the client, which reports them; the workers' own copies (with their
     # tracebacks) are shown with -v only.
     verbose = logger.isEnabledFor(logging.DEBUG)
+    log_environment_overrides()
     with _workers_ignore_ctrl_c(), dask.config.set(worker_settings()):
         local = LocalCluster(
             n_workers=cluster.n_workers, threads_per_worker=cluster.threads_per_worker,
@@ -136,6 +137,20 @@ def _scheduler_client(cluster: ClusterConfig):
     logger.info("cluster: scheduler %s, %d worker(s)", address, len(client.scheduler_info()["workers"]))
     log_worker_settings(client)
     return client
+
+
+def log_environment_overrides() -> None:
+    """Name the ``workers.yaml`` variables that this process's environment sets otherwise: a nanny
+    gives its worker the environment's value over the config's (an earlier LocalCluster in the same
+    process leaves distributed's there, or the user exported one)."""
+    import os
+
+    overrides = {name: os.environ[name] for name, value in worker_environment().items()
+                 if os.environ.get(name, str(value)) != str(value)}
+    if overrides:
+        logger.info("cluster: %s in this process's environment take precedence over daskem's worker settings "
+                    "(see 'The workers' memory allocator' in docs/deployment.md)",
+                    ", ".join(f"{name}={value}" for name, value in overrides.items()))
 
 
 def log_worker_settings(client) -> None:
