@@ -100,13 +100,14 @@ def cluster_and_store(args, cache: bool):
     """A LocalCluster like the pipeline's embedded one (its workers' settings too, unless
     ``--allocator distributed``), a client, and the store opened for it (persisted on the workers
     when ``cache``)."""
-    import dask
+    from contextlib import nullcontext
+
     from distributed import Client, LocalCluster, wait
 
-    from daskem.pipeline.cluster import worker_settings
+    from daskem.pipeline import worker_settings
 
-    settings = worker_settings() if args.allocator == "daskem" else {}
-    with dask.config.set(settings), LocalCluster(n_workers=args.workers, threads_per_worker=1, memory_limit=args.memory_limit,
+    settings = worker_settings.applied() if args.allocator == "daskem" else nullcontext()
+    with settings, LocalCluster(n_workers=args.workers, threads_per_worker=1, memory_limit=args.memory_limit,
                       processes=True, dashboard_address=None) as cluster, Client(cluster) as client:
         X = open_store(args)
         if cache:

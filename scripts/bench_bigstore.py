@@ -124,18 +124,17 @@ def disk_read_rate(files: list[str]) -> dict:
 # ------------------------------------------------------------------------------------ fits
 def fit_on_cluster(args, store: dict, files: list[str], label: str, make_model) -> dict:
     """One fit on a fresh LocalCluster, streaming from the store; its passes, time and worker peaks."""
-    import dask
     from dask.utils import parse_bytes
     from distributed import Client, LocalCluster
 
     from daskem.data.slabs import DEFAULT_SLAB_BYTES, slab_bytes_for_cluster
     from daskem.data.stores import open_array
-    from daskem.pipeline.cluster import worker_settings
+    from daskem.pipeline import worker_settings
 
     data_bytes = store["rows"] * args.features * 4
     slab_bytes = slab_bytes_for_cluster(data_bytes, DEFAULT_SLAB_BYTES, n_threads=args.workers * args.threads,
                                         smallest_memory=parse_bytes(args.memory_limit))
-    with dask.config.set(worker_settings()), LocalCluster(  # the embedded cluster's worker settings
+    with worker_settings.applied(), LocalCluster(  # the embedded cluster's worker settings
             n_workers=args.workers, threads_per_worker=args.threads, memory_limit=args.memory_limit, processes=True,
             dashboard_address=":0") as cluster, Client(cluster) as client:
         _, X = open_array(args.path, array="X", slab_bytes=slab_bytes)

@@ -102,15 +102,14 @@ def main(argv=None) -> int:
     parser.add_argument("--data", nargs="+", choices=list(SPREADS), default=list(DEFAULT_DATA))
     args = parser.parse_args(argv)
 
-    import dask
     import dask.array as da
     import zarr
     from distributed import Client, LocalCluster
 
-    from daskem.pipeline.cluster import worker_settings
+    from daskem.pipeline import worker_settings
 
     warnings.filterwarnings("ignore", category=FutureWarning)
-    with dask.config.set(worker_settings()), LocalCluster(  # the embedded cluster's worker settings
+    with worker_settings.applied(), LocalCluster(  # the embedded cluster's worker settings
             n_workers=args.workers, threads_per_worker=1, memory_limit=args.memory_limit,
             dashboard_address=None) as cluster, Client(cluster):
         for name in args.data:

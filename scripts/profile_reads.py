@@ -59,7 +59,7 @@ SETTINGS = {
 
 
 def daskem_settings() -> dict[str, str]:
-    from daskem.pipeline.cluster import worker_environment
+    from daskem.pipeline.worker_settings import worker_environment
 
     return {name: str(value) for name, value in worker_environment().items()}
 

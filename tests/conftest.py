@@ -15,8 +15,10 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def cli_env(**extra: str) -> dict[str, str]:
-    """The environment for a ``python -m daskem`` subprocess: this checkout first on the path."""
-    env = dict(os.environ)
+    """The environment for a ``python -m daskem`` subprocess: this checkout first on the path, and no
+    malloc variable that a cluster started earlier in this test process left behind (a nanny gives
+    its worker the environment's value over the dask config's)."""
+    env = {name: value for name, value in os.environ.items() if not name.startswith("MALLOC_")}
     env["PYTHONPATH"] = os.pathsep.join([str(REPO), *filter(None, [env.get("PYTHONPATH")])])
     env.update(extra)
     return env

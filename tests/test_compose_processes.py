@@ -35,7 +35,7 @@ from test_docker import DOCKER, instructions
 
 from daskem.data.stores import open_zarr_array
 from daskem.outputs.model_files import load_model
-from daskem.pipeline.cluster import worker_environment
+from daskem.pipeline.worker_settings import worker_environment
 from daskem.pipeline.config_loading import load_config
 
 PORT_FLAGS, HOST_FLAGS = {"-p", "--port"}, {"-H", "--host"}
@@ -91,27 +91,32 @@ def executable(name: str) -> str:
 
 
 def image_workdir(root: Path) -> Path:
-    """The image's working directory, built here from the Dockerfile's WORKDIR, COPY and ``mkdir work``."""
+    """The image's working directory, built here from the Dockerfile's WORKDIR, COPY and ``mkdir work``;
+    a COPY to an absolute path lands at that path under ``root``."""
     steps = instructions()
     workdir = root / next(arguments for keyword, arguments in steps if keyword == "WORKDIR").lstrip("/")
     workdir.mkdir(parents=True)
     for keyword, arguments in steps:
         if keyword == "COPY":
             *sources, target = arguments.split()
+            base = root / target.lstrip("/") if target.startswith("/") else workdir / target
+            base.parent.mkdir(parents=True, exist_ok=True)
             for source in sources:
-                destination = workdir / target / Path(source).name if target.endswith("/") else workdir / target
+                destination = base / Path(source).name if target.endswith("/") else base
                 copy = shutil.copytree if (REPO / source).is_dir() else shutil.copy
                 copy(REPO / source, destination)
     (workdir / "work").mkdir()
     return workdir
 
 
-def image_environment(workdir: Path) -> dict[str, str]:
-    """The Dockerfile's ``ENV`` variables, with the image's working directory at ``workdir``."""
+def image_environment(root: Path, workdir: Path) -> dict[str, str]:
+    """The Dockerfile's ``ENV`` variables, with the image's working directory at ``workdir``; and
+    dask's system config directory (``/etc/dask`` in the image) at its place under ``root``."""
     image_workdir = next(arguments for keyword, arguments in instructions() if keyword == "WORKDIR")
     pairs = [pair.split("=", 1) for keyword, arguments in instructions() if keyword == "ENV"
              for pair in shlex.split(arguments)]
-    return {name: value.replace(image_workdir, str(workdir)) for name, value in pairs}
+    return {"DASK_ROOT_CONFIG": str(root / "etc" / "dask"),
+            **{name: value.replace(image_workdir, str(workdir)) for name, value in pairs}}
 
 
 class Deployment:
@@ -131,7 +136,7 @@ class Deployment:
         service = self.services[name]
         assert set(service.get("depends_on", {})) <= set(self.processes), f"{name} before what it depends on"
         with open(self.root / f"{name}.log", "wb") as log:
-            env = {**image_environment(self.workdir), **self.outside.environment(service, self.root)}
+            env = {**image_environment(self.root, self.workdir), **self.outside.environment(service, self.root)}
             process = subprocess.Popen(self.outside.command(service["command"]), cwd=self.workdir, env=env, stdout=log,
                                        stderr=subprocess.STDOUT)
         self.processes[name] = process

@@ -1,7 +1,8 @@
 """The worker processes of daskem's embedded cluster start with its allocator settings
 (``daskem/pipeline/dask_config/workers.yaml``): a decoded chunk's buffers then come from the heap,
 reused from one read to the next, instead of each being a fresh mapping that the kernel zeroes and
-takes back. Checked in a real worker's task with glibc's own accounting (``mallinfo2``), not by time."""
+takes back. Checked in a real worker's task with glibc's own accounting (``mallinfo2``), not by time.
+The two thresholds only help together: a value the user chose for either one means neither is set."""
 
 from __future__ import annotations
 
@@ -13,12 +14,14 @@ import numpy as np
 import pytest
 from distributed import Client, LocalCluster
 
-from daskem.pipeline.cluster import connect, worker_environment, worker_settings
+from daskem.pipeline import worker_settings
+from daskem.pipeline.cluster import connect
 from daskem.pipeline.config import ClusterConfig
+from daskem.pipeline.worker_settings import PRE_SPAWN, worker_environment
 
-TRIM = "distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_"
 CHUNK_BYTES = 16 * 2**20  # one decoded chunk of the benchmark's store
-SLAB_BYTES = 48 * 2**20  # above glibc's largest mmap threshold: always mapped
+SLAB_BYTES = 96 * 2**20  # larger than a thread arena's heap: always mapped
+NAMES = tuple(worker_environment())
 
 
 class MallInfo2(ctypes.Structure):
@@ -38,8 +41,7 @@ def mapped_bytes(n_bytes: int) -> int:
 
 
 def worker_state() -> dict:
-    names = ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "OMP_NUM_THREADS")
-    return {"environ": {name: os.environ.get(name) for name in names},
+    return {"environ": {name: os.environ.get(name) for name in NAMES},
             "chunk": mapped_bytes(CHUNK_BYTES), "slab": mapped_bytes(SLAB_BYTES)}
 
 
@@ -50,12 +52,13 @@ def embedded_worker_state() -> dict:
 
 
 @pytest.fixture
-def clean_environment(monkeypatch):
-    """No malloc variable in this process's environment: a nanny gives its worker the environment's
-    value over the dask config's, and every nanny leaves the variables it set there, so an earlier
-    cluster in this process would decide what the next one's workers get."""
-    for name in worker_environment():
+def clean(monkeypatch):
+    """No malloc variable in this process's environment (earlier clusters in this process leave
+    theirs, and a nanny gives its worker the environment's value), distributed's own config."""
+    for name in NAMES:
         monkeypatch.delenv(name, raising=False)
+    with dask.config.set({PRE_SPAWN: dict(worker_settings._distributed_defaults())}):
+        yield
 
 
 needs_glibc = pytest.mark.skipif(not hasattr(ctypes.CDLL(None), "mallinfo2"), reason="glibc's mallinfo2 (2.33+)")
@@ -63,35 +66,40 @@ needs_glibc = pytest.mark.skipif(not hasattr(ctypes.CDLL(None), "mallinfo2"), re
 
 @pytest.mark.cluster
 @needs_glibc
-def test_embedded_workers_take_a_chunks_buffers_from_the_heap(clean_environment, monkeypatch):
-    expected = worker_environment()
+def test_embedded_workers_take_a_chunks_buffers_from_the_heap(clean, monkeypatch):
     state = embedded_worker_state()
-    assert state["environ"] == {**{name: str(value) for name, value in expected.items()}, "OMP_NUM_THREADS": "1"}
+    assert state["environ"] == {name: str(value) for name, value in worker_environment().items()}
     assert state["chunk"] == 0 and state["slab"] >= SLAB_BYTES
+    assert all(name not in os.environ for name in NAMES)  # the embedded cluster's start left nothing behind
 
-    # a LocalCluster with distributed's own settings maps every such buffer afresh (the embedded
-    # cluster's nanny left its variables in this process's environment: cleared again first)
-    for name in worker_environment():
-        monkeypatch.delenv(name, raising=False)
+    # a LocalCluster with distributed's own settings maps every such buffer afresh
     with LocalCluster(n_workers=1, threads_per_worker=1, memory_limit="1GiB", dashboard_address=None) as cluster, \
             Client(cluster) as client:
         plain = client.submit(worker_state, pure=False).result()
-    assert plain["environ"]["MALLOC_MMAP_THRESHOLD_"] is None
+    assert plain["environ"] == {"MALLOC_MMAP_THRESHOLD_": None, "MALLOC_TRIM_THRESHOLD_": "65536"}
     assert plain["chunk"] >= CHUNK_BYTES
 
-
-def test_a_value_the_user_set_in_dask_config_is_kept():
-    ours = worker_settings()
-    assert set(ours) == {TRIM, "distributed.nanny.pre-spawn-environ.MALLOC_MMAP_THRESHOLD_"}
-    with dask.config.set({TRIM: 0}):
-        assert worker_settings() == {key: value for key, value in ours.items() if key != TRIM}
+    # what that LocalCluster left in this process's environment does not stop the next embedded one
+    assert os.environ["MALLOC_TRIM_THRESHOLD_"] == "65536"
+    assert embedded_worker_state()["environ"] == {name: str(value) for name, value in worker_environment().items()}
+    assert os.environ["MALLOC_TRIM_THRESHOLD_"] == "65536"  # and is put back
 
 
 @pytest.mark.cluster
-def test_a_variable_in_the_environment_wins_and_the_run_says_so(clean_environment, monkeypatch, caplog):
-    monkeypatch.setenv("MALLOC_TRIM_THRESHOLD_", "65536")  # as an earlier LocalCluster here leaves it
+def test_a_value_the_user_chose_for_either_variable_means_neither_is_set(clean, monkeypatch, caplog):
+    monkeypatch.setenv("MALLOC_TRIM_THRESHOLD_", "0")  # exported by the user
     with caplog.at_level("INFO", logger="daskem"):
         state = embedded_worker_state()
-    assert state["environ"]["MALLOC_TRIM_THRESHOLD_"] == "65536"
-    assert state["environ"]["MALLOC_MMAP_THRESHOLD_"] == str(worker_environment()["MALLOC_MMAP_THRESHOLD_"])
-    assert "MALLOC_TRIM_THRESHOLD_=65536 in this process's environment take precedence" in caplog.text
+    assert state["environ"] == {"MALLOC_MMAP_THRESHOLD_": None, "MALLOC_TRIM_THRESHOLD_": "0"}
+    assert "keep the malloc settings chosen here (MALLOC_TRIM_THRESHOLD_=0)" in caplog.text
+
+
+@pytest.mark.parametrize("choice", [{"MALLOC_TRIM_THRESHOLD_": "65536"}, {"MALLOC_TRIM_THRESHOLD_": 0},
+                                    {"MALLOC_MMAP_THRESHOLD_": None}, {"MALLOC_MMAP_THRESHOLD_": 1048576}])
+def test_what_counts_as_the_users_choice_in_dask_config(clean, choice):
+    with dask.config.set({f"{PRE_SPAWN}.{name}": value for name, value in choice.items()}):
+        chosen = worker_settings.user_choices()
+    neutral = str(choice.get("MALLOC_TRIM_THRESHOLD_")) == "65536"  # distributed's default, as int or str
+    assert chosen == ({} if neutral else choice)
+    with dask.config.set({f"{PRE_SPAWN}.MALLOC_TRIM_THRESHOLD_": 67108864}):  # daskem's own value
+        assert worker_settings.user_choices() == {}

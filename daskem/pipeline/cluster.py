@@ -16,12 +16,11 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
 
-import yaml
-
 from daskem.data.slabs import slab_bytes_for_cluster
 from daskem.data.stores import DataSource, open_data
-from daskem.engine.reduction import DEFAULT_FAN_IN, SCHEDULER_ANSWER_SECONDS, reduction_graph
+from daskem.engine.reduction import DEFAULT_FAN_IN, reduction_graph
 from daskem.errors import DaskemUserError
+from daskem.pipeline import worker_settings
 from daskem.pipeline.config import (
     ClusterConfig,
     TLSConfig,
@@ -30,28 +29,6 @@ from daskem.pipeline.config import (
 )
 
 logger = logging.getLogger("daskem")
-
-# The dask configuration daskem's worker processes start with (their environment; see the file).
-WORKERS_CONFIG = Path(__file__).with_name("dask_config") / "workers.yaml"
-
-
-def worker_environment() -> dict[str, Any]:
-    """The environment variables ``workers.yaml`` gives a worker process, with their values."""
-    return yaml.safe_load(WORKERS_CONFIG.read_text())["distributed"]["nanny"]["pre-spawn-environ"]
-
-
-def worker_settings() -> dict[str, Any]:
-    """``workers.yaml`` as dotted dask config keys, for ``dask.config.set`` around a cluster's start.
-    Dotted keys change only the variables named there; one the user's own dask config already sets
-    (to anything but distributed's default) is left as the user set it."""
-    import dask
-    import distributed  # noqa: F401  (registers distributed's defaults)
-
-    environ = worker_environment()
-    defaults = dask.config.merge(*dask.config.defaults)
-    settings = {f"distributed.nanny.pre-spawn-environ.{name}": value for name, value in environ.items()}
-    return {key: value for key, value in settings.items()
-            if dask.config.get(key, None) in (value, dask.config.get(key, None, config=defaults))}
 
 
 @contextmanager
@@ -89,14 +66,12 @@ def connect(cluster: ClusterConfig) -> Iterator[Any]:
 
 def _embedded_client(cluster: ClusterConfig):
     """A LocalCluster of worker processes as ``cluster`` describes it, and a client on it."""
-    import dask
     from distributed import Client, LocalCluster
 
     # Task errors reach the client, which reports them; the workers' own copies (with their
     # tracebacks) are shown with -v only.
     verbose = logger.isEnabledFor(logging.DEBUG)
-    log_environment_overrides()
-    with _workers_ignore_ctrl_c(), dask.config.set(worker_settings()):
+    with _workers_ignore_ctrl_c(), worker_settings.applied():
         local = LocalCluster(
             n_workers=cluster.n_workers, threads_per_worker=cluster.threads_per_worker,
             memory_limit=cluster.memory_limit, processes=True, dashboard_address=":0",
@@ -135,44 +110,8 @@ def _scheduler_client(cluster: ClusterConfig):
         client.close()
         raise DaskemUserError(f"{key}: the scheduler at {address} has no workers; start some") from None
     logger.info("cluster: scheduler %s, %d worker(s)", address, len(client.scheduler_info()["workers"]))
-    log_worker_settings(client)
+    worker_settings.log_missing(client)
     return client
-
-
-def log_environment_overrides() -> None:
-    """Name the ``workers.yaml`` variables that this process's environment sets otherwise: a nanny
-    gives its worker the environment's value over the config's (an earlier LocalCluster in the same
-    process leaves distributed's there, or the user exported one)."""
-    import os
-
-    overrides = {name: os.environ[name] for name, value in worker_environment().items()
-                 if os.environ.get(name, str(value)) != str(value)}
-    if overrides:
-        logger.info("cluster: %s in this process's environment take precedence over daskem's worker settings "
-                    "(see 'The workers' memory allocator' in docs/deployment.md)",
-                    ", ".join(f"{name}={value}" for name, value in overrides.items()))
-
-
-def log_worker_settings(client) -> None:
-    """Say how many of the running workers lack ``workers.yaml``'s settings (their nannies set them
-    before a worker starts, from the dask config of the machine that runs ``dask worker``)."""
-    environ = worker_environment()
-    names = sorted(environ)
-    try:
-        found = client.run(_environment_values, names, callback_timeout=SCHEDULER_ANSWER_SECONDS)
-    except (OSError, TimeoutError):  # only a hint: a worker that cannot answer now is the passes' to report
-        return
-    lacking = sum(values != [str(environ[name]) for name in names] for values in found.values())
-    if lacking:
-        logger.info("cluster: %d of %d worker(s) run without daskem's malloc settings (%s), so reading a "
-                    "store can take up to twice as long; see 'The workers' memory allocator' in docs/deployment.md",
-                    lacking, len(found), ", ".join(f"{name}={environ[name]}" for name in names))
-
-
-def _environment_values(names: list[str]) -> list[str | None]:
-    import os
-
-    return [os.environ.get(name) for name in names]
 
 
 def connect_timeout() -> float:
