@@ -11,6 +11,7 @@ both or neither: neither when the user has chosen a value of their own for one o
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 from contextlib import contextmanager
@@ -27,7 +28,13 @@ HOW_TO = "see 'The workers' memory allocator' in docs/deployment.md"
 
 
 def worker_environment() -> dict[str, Any]:
-    """The environment variables ``workers.yaml`` gives a worker process, with their values."""
+    """The environment variables ``workers.yaml`` gives a worker process, with their values (a copy)."""
+    return dict(_file_environment())
+
+
+@functools.cache
+def _file_environment() -> dict[str, Any]:
+    """``workers.yaml`` read once per process."""
     return yaml.safe_load(WORKERS_CONFIG.read_text())["distributed"]["nanny"]["pre-spawn-environ"]
 
 
