@@ -14,7 +14,8 @@ from sklearn.datasets import make_blobs
 
 import daskem
 from daskem.engine.em import SlabPayload, candidate_stats, run_em
-from daskem.engine.reduction import map_reduce, reduction_graph
+from daskem.engine import reduction
+from daskem.engine.reduction import INLINED_PAYLOAD_BYTES, map_reduce, reduction_graph
 from daskem.kernels.covariance import get_covariance_type
 from daskem.kernels.stats import merge_candidates
 from daskem.models.families import (
@@ -57,8 +58,8 @@ def test_one_iteration_graph_has_a_task_per_block_plus_a_bounded_tree(n_blocks, 
     reduce_tasks = [k for k in graph if isinstance(k, tuple) and str(k[0]).startswith("run-iter1-reduce")]
     assert len(map_tasks) == n_blocks
     assert len(reduce_tasks) <= max(1, 2 * n_blocks // (fan_in - 1) + 1)
-    # blocks + map tasks + reductions + the one payload: O(number of blocks)
-    assert len(graph) == 2 * n_blocks + len(reduce_tasks) + 1
+    # blocks + map tasks + reductions + the payload when it has its own key: O(number of blocks)
+    assert len(graph) == 2 * n_blocks + len(reduce_tasks) + ("run-iter1-payload" in graph)
     for key in reduce_tasks:
         assert len(graph[key].dependencies) <= fan_in
 
@@ -84,7 +85,34 @@ def test_task_keys_carry_run_id_and_iteration():
     root = reduction_graph(X, candidate_stats, SlabPayload((KMeansFamily(),), (KMeansParams(centers),)),
                            name="daskem-kmeans-abc-iter3", combine=merge_candidates)
     keys = {k[0] if isinstance(k, tuple) else k for k in root.__dask_graph__()}
-    assert {"daskem-kmeans-abc-iter3-map", "daskem-kmeans-abc-iter3-payload"} <= keys
+    assert {"daskem-kmeans-abc-iter3-map", "daskem-kmeans-abc-iter3-reduce0"} <= keys
+    big, _ = _big_gmm_payload()
+    root = reduction_graph(da.zeros((600, 40), chunks=(10, 40)), candidate_stats, big,
+                           name="daskem-gmm-abc-iter3", combine=merge_candidates)
+    assert "daskem-gmm-abc-iter3-payload" in root.__dask_graph__()
+
+
+def test_a_small_payload_is_copied_into_the_tasks_a_large_one_is_keyed_once():
+    """Copies of small parameters save each pass a hop through the scheduler; large ones, or many
+    copies of small ones, would swell the graph, so they keep one key."""
+    X = da.from_array(_blobs(), chunks=(500, -1))
+    small = SlabPayload((KMeansFamily(),), (KMeansParams(_blobs()[:4]),))
+    graph = dict(reduction_graph(X, candidate_stats, small, name="small", combine=merge_candidates).__dask_graph__())
+    assert "small-payload" not in graph
+    for index in range(X.numblocks[0]):  # each map task needs only its slab
+        assert graph[("small-map", index)].dependencies == {(X.name, index, 0)}
+    copies = INLINED_PAYLOAD_BYTES // len(pickle.dumps(small, protocol=pickle.HIGHEST_PROTOCOL)) + 1
+    many_slabs = da.zeros((copies * 2, 6), chunks=(2, 6))
+    big, _ = _big_gmm_payload()
+    for name, payload, rows in (("big", big, X), ("many", small, many_slabs)):
+        graph = dict(reduction_graph(rows, candidate_stats, payload, name=name, combine=merge_candidates).__dask_graph__())
+        assert f"{name}-payload" in graph and f"{name}-payload" in graph[(f"{name}-map", 0)].dependencies
+    (inlined,) = map_reduce(X, candidate_stats, small, name="small-pass", combine=merge_candidates, fan_in=4)
+    with pytest.MonkeyPatch.context() as patch:  # the same pass with the payload under its key
+        patch.setattr(reduction, "INLINED_PAYLOAD_BYTES", 0)
+        (keyed,) = map_reduce(X, candidate_stats, small, name="keyed-pass", combine=merge_candidates, fan_in=4)
+    np.testing.assert_array_equal(keyed.s1, inlined.s1)
+    assert keyed.objective == inlined.objective
 
 
 def test_fit_on_local_cluster_with_worker_processes_equals_local_scheduler(client):

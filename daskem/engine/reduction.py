@@ -1,11 +1,13 @@
 """Map-reduce over the slabs of a Dask array: one task per slab, a tree of bounded fan-in, one compute.
 
-Every pass over the data goes through :func:`map_reduce`: the payload (model parameters) is put
-into the graph once under its own key, each slab (one Dask block of whole rows) gets one task
-``kernel(slab, row_start, payload)``, partial results are merged in a tree of bounded fan-in, and
-only the root comes back to the client. Keys carry the run id and the pass name, so no key is ever
-reused with other contents, and every task is a pure function of its inputs, so a task recomputed
-after a lost worker gives the same bits.
+Every pass over the data goes through :func:`map_reduce`: each slab (one Dask block of whole rows)
+gets one task ``kernel(slab, row_start, payload)``, partial results are merged in a tree of bounded
+fan-in, and only the root comes back to the client. Keys carry the run id and the pass name, so no
+key is ever reused with other contents, and every task is a pure function of its inputs, so a task
+recomputed after a lost worker gives the same bits. The payload (model parameters) is copied into
+the tasks when all the copies together are small, which saves the pass a hop through the
+scheduler (the payload's own task, then the workers fetching it from each other); else it is put
+into the graph once under its own key.
 
 When the rows are persisted on a distributed cluster and the per-slab results are small (k-means,
 small mixtures), a pass is instead one task per worker thread over the slabs that worker holds;
@@ -16,6 +18,8 @@ wherever the slabs happen to live.
 
 from __future__ import annotations
 
+import asyncio
+import pickle
 import sys
 import uuid
 from collections import Counter
@@ -37,6 +41,8 @@ from dask.highlevelgraph import HighLevelGraph, MaterializedLayer
 DEFAULT_FAN_IN = 8
 # At most this many bytes of per-slab results are gathered by the client (a pass over persisted rows).
 GATHERED_RESULTS_BYTES = 64 * 2**20
+# The payload is copied into every task that uses it while all the copies together take at most this.
+INLINED_PAYLOAD_BYTES = 2**20
 # Seconds to wait for the scheduler to say where persisted slabs live before building the per-slab graph.
 SCHEDULER_ANSWER_SECONDS = 10
 
@@ -88,9 +94,10 @@ def reduction_graph(
     """The lazy tree ``combine(... kernel(slab, row_start, payload) ...)`` over the slabs of ``X``
     (only the slabs numbered in ``slabs``, in that order, when given).
 
-    ``payload`` appears once in the graph (key ``{name}-payload``) and every task refers to it by
-    key; ``combine`` merges a list of at most ``fan_in`` partial results. Inside ``row_weights(X, w)``
-    each task also gets the slab's weights: ``kernel(slab, row_start, payload, weights)``.
+    ``payload`` is copied into the tasks when small (see ``INLINED_PAYLOAD_BYTES``), else it appears
+    once in the graph (key ``{name}-payload``) and every task refers to it by key; ``combine``
+    merges a list of at most ``fan_in`` partial results. Inside ``row_weights(X, w)`` each task also
+    gets the slab's weights: ``kernel(slab, row_start, payload, weights)``.
     ``gather_bytes``, when given, bounds the bytes of all the per-slab results together; at most
     ``GATHERED_RESULTS_BYTES``, a pass over persisted rows runs as one task per worker thread (see
     :func:`resident_groups`).
@@ -105,8 +112,7 @@ def pass_graph(X: da.Array, kernel, payload, *, name: str, combine, fan_in: int 
     """:func:`reduction_graph`'s tree with, for a grouped pass, its group tasks and their merge."""
     if fan_in < 2:  # not a user check (the estimators validate fan_in): with 1 the loop below never ends
         raise ValueError(f"fan_in must be at least 2 to reduce in a tree, got {fan_in}")
-    payload_key = f"{name}-payload"
-    layer: dict = {payload_key: DataNode(payload_key, payload)}
+    layer: dict = {}
     weights = weights_of(X)
     dependencies = [X] if weights is None else [X, weights]
     weights_name = None if weights is None else weights.name
@@ -118,12 +124,12 @@ def pass_graph(X: da.Array, kernel, payload, *, name: str, combine, fan_in: int 
         return (block, starts[index]) if weights_name is None else (block, starts[index], TaskRef((weights_name, index)))
 
     groups = resident_groups(X, chosen) if gather_bytes is not None and gather_bytes <= GATHERED_RESULTS_BYTES else None
+    given = _payload_argument(layer, f"{name}-payload", payload, len(chosen) if groups is None else len(groups))
     merge, group_keys = None, ()
     if groups is not None:  # one task per worker thread over its slabs; the root merges them (reduction_graph)
         group_keys = tuple((f"{name}-map", number) for number in range(len(groups)))
         for key, group in zip(group_keys, groups):
-            layer[key] = Task(key, _slabs_of_one_worker, kernel, TaskRef(payload_key),
-                              List(*(List(*inputs(index)) for index in group)))
+            layer[key] = Task(key, _slabs_of_one_worker, kernel, given, List(*(List(*inputs(index)) for index in group)))
         position = {index: at for at, index in enumerate(i for group in groups for i in group)}
         merge = partial(_tree_of_parts, combine, fan_in, [position[index] for index in chosen])
         root = (f"{name}-reduce0", 0)
@@ -133,13 +139,27 @@ def pass_graph(X: da.Array, kernel, payload, *, name: str, combine, fan_in: int 
         for index in chosen:  # one task per slab, built directly: no Delayed object or token per task
             key = (f"{name}-map", index)
             block, row_start, *weights = inputs(index)
-            layer[key] = Task(key, kernel, block, row_start, TaskRef(payload_key), *weights)
+            layer[key] = Task(key, kernel, block, row_start, given, *weights)
             level.append(key)
         for depth, ranges in enumerate(tree_levels(len(level), fan_in)):
             level = _reduce_level(layer, f"{name}-reduce{depth}", combine, level, ranges)
         root = level[0]
     graph = HighLevelGraph.from_collections(f"{name}-tree", layer, dependencies=dependencies)
     return PassGraph(graph, f"{name}-tree", root, group_keys, merge)
+
+
+def _payload_argument(layer: dict, key: str, payload, n_tasks: int) -> DataNode | TaskRef:
+    """What the ``n_tasks`` tasks of a pass are given for the payload: the payload itself when its
+    copies together take at most ``INLINED_PAYLOAD_BYTES``, else a reference to the one task in
+    ``layer`` (added here, under ``key``) that holds it."""
+    try:
+        nbytes = len(pickle.dumps(payload, protocol=pickle.HIGHEST_PROTOCOL))
+    except Exception:  # only distributed's own pickler can take it (a local function, say): keep one copy
+        nbytes = None
+    if nbytes is not None and nbytes * n_tasks <= INLINED_PAYLOAD_BYTES:
+        return DataNode(None, payload)
+    layer[key] = DataNode(key, payload)
+    return TaskRef(key)
 
 
 def tree_levels(n_parts: int, fan_in: int) -> list[list[range]]:
@@ -181,9 +201,12 @@ def resident_groups(X: da.Array, chosen: Sequence[int]) -> list[list[int]] | Non
     if not futures or not all(isinstance(future, Future) for future in futures):
         return None
     client = futures[0].client
+
+    async def ask():  # both questions at once: one round trip to the scheduler, not two
+        return await asyncio.gather(client.scheduler.who_has(keys=keys), client.scheduler.ncores())
+
     try:  # bounded: a scheduler that does not answer is the watchdog's to report, during the compute
-        holders = client.sync(client.scheduler.who_has, keys=keys, callback_timeout=SCHEDULER_ANSWER_SECONDS)
-        threads = client.sync(client.scheduler.ncores, callback_timeout=SCHEDULER_ANSWER_SECONDS)
+        holders, threads = client.sync(ask, callback_timeout=SCHEDULER_ANSWER_SECONDS)
     except (OSError, TimeoutError):  # the plain graph still works
         return None
     by_worker: dict[str, list[int]] = {}
