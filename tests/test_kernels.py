@@ -17,6 +17,7 @@ from daskem.kernels.lloyd import COMPILED_COMPONENTS, compiled
 from daskem.kernels.nearest import hard_chunk_stats, kmeans_transform, nearest_center
 from daskem.kernels.params import GMMParams
 from daskem.kernels.stats import SuffStats
+from daskem.kernels.tiles import CentredRows, packed_indices
 
 N_SAMPLES, D, K = 200, 4, 3  # rows, features, components
 TOL = dict(rtol=1e-10, atol=1e-12)
@@ -256,3 +257,11 @@ def assert_stats_equal(actual: SuffStats, expected: SuffStats):
         if e is not None:
             assert a.shape == e.shape and a.dtype == np.float64
             np.testing.assert_array_equal(a, e)
+
+
+@pytest.mark.parametrize("n_rows,n_features", [(0, 3), (1, 1), (7, 5), (600, 33)])
+def test_packed_outer_products_are_the_upper_triangles_in_packed_order(n_rows, n_features):
+    values = np.random.default_rng(n_features).normal(size=(n_rows, n_features))
+    rows, columns = packed_indices(n_features)
+    expected = (values[:, :, None] * values[:, None, :])[:, rows, columns].T
+    np.testing.assert_array_equal(CentredRows(values.copy()).packed_outer, expected)
