@@ -90,9 +90,9 @@ class CentredRows:
     def packed_outer(self) -> np.ndarray:
         """(D(D+1)/2, n) upper triangles of the outer products y_i y_i^T, one column per row.
 
-        Stored transposed so each feature pair is one contiguous broadcast product; then both
-        ``sum_i r_ik y_i y_i^T`` (M-step) and ``y_i^T A_k y_i`` (E-step) are single GEMMs whose inner
-        or outer dimension is the number of pairs, instead of K small products per component.
+        Stored transposed, each feature pair one contiguous row (one compiled sweep builds them all);
+        then both ``sum_i r_ik y_i y_i^T`` (M-step) and ``y_i^T A_k y_i`` (E-step) are single GEMMs
+        whose inner or outer dimension is the number of pairs, not K small products per component.
         """
         n_rows, n_features = self.values.shape
         transposed = self.take("transposed", (n_features, n_rows))
