@@ -291,16 +291,17 @@ def test_bad_input_in_a_real_process_has_no_traceback(tmp_path, run_cli, bad_inp
     assert snapshot(tmp_path) == before
 
 
-def test_validate_checks_without_fitting(tmp_path, run_cli, store):
+def test_validate_checks_without_fitting(tmp_path, in_process, store):
     config = config_for(store, tmp_path / "out")
-    done = run_cli("validate", write_config(tmp_path / "c.yaml", config), "--set", "model.covariance_type=tied")
+    done = in_process("validate", write_config(tmp_path / "c.yaml", config), "--set", "model.covariance_type=tied",
+                      cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     assert done.stdout.startswith("ok: ") and f"{N_ROWS} rows x {N_FEATURES} features, float32" in done.stdout
     assert "tied covariances" in done.stdout and not (tmp_path / "out").exists()
 
 
-def test_make_data_refuses_an_existing_store(run_cli, store):
-    done = run_cli("make-data", store, "--n-samples", 10)
+def test_make_data_refuses_an_existing_store(in_process, store):
+    done = in_process("make-data", store, "--n-samples", 10)
     assert_user_error(done, "already exists; pass --overwrite")
 
 

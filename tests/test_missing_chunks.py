@@ -140,7 +140,7 @@ def run_config(tmp_path, store, **data):
     })
 
 
-def test_run_validate_and_predict_refuse_a_missing_chunk_before_a_cluster(tmp_path, run_cli):
+def test_run_validate_and_predict_refuse_a_missing_chunk_before_a_cluster(tmp_path, in_process):
     store = tmp_path / "s.zarr"
     array = make_store(store)
     save_model(KMeans(3, random_state=0).fit(array[:]), tmp_path / "model")
@@ -149,12 +149,12 @@ def test_run_validate_and_predict_refuse_a_missing_chunk_before_a_cluster(tmp_pa
     before = snapshot(tmp_path)
     for args in (["run", config], ["validate", config], ["predict", tmp_path / "model", store, "--array", "X",
                                                           "-o", tmp_path / "out"]):
-        done = run_cli(*args)
+        done = in_process(*args, cwd=tmp_path)
         assert_one_error_line(done, "s.zarr, array 'X': chunk c/5/0 (index (5, 0), rows 500-599) is missing",
                               "data.allow_missing_chunks: true")
         assert "cluster:" not in done.stderr
         assert snapshot(tmp_path) == before
-    done = run_cli("validate", config, "--set", "data.allow_missing_chunks=true")
+    done = in_process("validate", config, "--set", "data.allow_missing_chunks=true", cwd=tmp_path)
     assert done.returncode == 0 and done.stdout.startswith("ok: ") and "1 chunk(s) missing" in done.stderr
 
 

@@ -3,12 +3,9 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 
 import numpy as np
 import pytest
-from conftest import cli_env
 
 import daskem
 from daskem.errors import DaskemUserError
@@ -90,16 +87,14 @@ def test_undamaged_models_load(models):
 
 
 @pytest.mark.parametrize("case", ["garbage-json", "wrong-shape", "nan-parameter"])
-def test_predict_with_a_damaged_model_exits_2_with_one_line_and_writes_nothing(models, tmp_path, case):
+def test_predict_with_a_damaged_model_exits_2_with_one_line_and_writes_nothing(models, tmp_path, in_process, case):
     name, damage, message = DAMAGES[case]
     folder = damaged_copy(models, tmp_path, name, damage)
     store = tmp_path / "rows.zarr"
-    done = subprocess.run([sys.executable, "-m", "daskem", "make-data", str(store), "--rows", "100", "--features", "3"],
-                          env=cli_env(), capture_output=True, text=True, timeout=120)
+    done = in_process("make-data", store, "--rows", 100, "--features", 3)
     assert done.returncode == 0, done.stderr
     output = tmp_path / "predicted"
-    done = subprocess.run([sys.executable, "-m", "daskem", "predict", str(folder), str(store), "--array", "X",
-                           "-o", str(output)], env=cli_env(), capture_output=True, text=True, timeout=120)
+    done = in_process("predict", folder, store, "--array", "X", "-o", output)
     assert done.returncode == 2, done.stderr
     lines = [line for line in done.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], done.stderr

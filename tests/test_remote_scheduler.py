@@ -57,12 +57,12 @@ def test_remote_cluster_gives_the_same_model_as_the_embedded_one(tmp_path, run_c
     np.testing.assert_array_equal(*labels)
 
 
-def test_a_refused_scheduler_port_is_one_line_without_waiting_for_the_connect_timeout(tmp_path, run_cli):
+def test_a_refused_scheduler_port_is_one_line_without_waiting_for_the_connect_timeout(tmp_path, in_process):
     make_data(str(tmp_path / "blobs.zarr"), n_samples=100, n_features=2, chunk_rows=50)
     address = f"tcp://127.0.0.1:{closed_port()}"
-    # dask itself would retry for the whole connect timeout, set here far beyond the subprocess' limit
-    done = run_cli("run", write_config(tmp_path / "c.yaml", small_config(address=address)),
-                   env={"DASK_DISTRIBUTED__COMM__TIMEOUTS__CONNECT": "600s"}, timeout=120)
+    # dask itself would retry for the whole connect timeout, set here far beyond the test's patience
+    done = in_process("run", write_config(tmp_path / "c.yaml", small_config(address=address)),
+                      env={"DASK_DISTRIBUTED__COMM__TIMEOUTS__CONNECT": "600s"}, cwd=tmp_path)
     assert done.returncode == 2, done.stderr
     lines = done.stderr.strip().splitlines()  # the data's log line, then the error
     assert [line for line in lines if "error" in line] == lines[-1:], done.stderr
@@ -76,8 +76,8 @@ def test_a_refused_scheduler_port_is_one_line_without_waiting_for_the_connect_ti
     ("127.0.0.1:http", "is not a scheduler address"),
     ("udp://127.0.0.1:8786", "unknown scheme 'udp'"),
 ])
-def test_a_malformed_scheduler_address_is_a_config_error(tmp_path, run_cli, address, words):
-    done = run_cli("validate", write_config(tmp_path / "c.yaml", small_config(address=address)))
+def test_a_malformed_scheduler_address_is_a_config_error(tmp_path, in_process, address, words):
+    done = in_process("validate", write_config(tmp_path / "c.yaml", small_config(address=address)), cwd=tmp_path)
     assert done.returncode == 2
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith(f"error: {tmp_path / 'c.yaml'}: cluster.address: {address!r}")

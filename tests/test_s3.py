@@ -110,12 +110,12 @@ def test_bad_object_store_input_is_a_data_error_with_the_url_and_the_fix(tmp_pat
 
 
 @pytest.mark.parametrize("case", ["wrong secret", "unreachable endpoint"])
-def test_the_cli_prints_a_bad_object_store_as_one_line_and_exits_2(tmp_path, run_cli, s3, blobs, case):
+def test_the_cli_prints_a_bad_object_store_as_one_line_and_exits_2(tmp_path, in_process, s3, blobs, case):
     path, options, words = bad_input(s3, blobs[1], case)
     env = {**s3.env(tmp_path), SECRET_VARIABLE: options["secret"]}
     storage_options = {**s3.config_options(), "endpoint_url": options["endpoint_url"]}
-    done = run_cli("run", write_config(tmp_path / "c.yaml", config(path, "out", storage_options)), env=env,
-                   timeout=60)
+    done = in_process("run", write_config(tmp_path / "c.yaml", config(path, "out", storage_options)), env=env,
+                      cwd=tmp_path)
     assert done.returncode == 2, done.stderr
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith(f"error: {path}: {words}"), done.stderr
@@ -123,10 +123,10 @@ def test_the_cli_prints_a_bad_object_store_as_one_line_and_exits_2(tmp_path, run
     assert not (tmp_path / "out").exists()
 
 
-def test_a_credential_variable_that_is_not_set_names_the_key_and_the_variable(tmp_path, run_cli, s3, blobs):
+def test_a_credential_variable_that_is_not_set_names_the_key_and_the_variable(tmp_path, in_process, s3, blobs):
     env = {name: value for name, value in s3.env(tmp_path).items() if name != SECRET_VARIABLE}
-    done = run_cli("run", write_config(tmp_path / "c.yaml", config(blobs[1], "out", s3.config_options())),
-                   env=env, timeout=60)
+    done = in_process("run", write_config(tmp_path / "c.yaml", config(blobs[1], "out", s3.config_options())),
+                      env=env, cwd=tmp_path)
     assert done.returncode == 2
     assert f"data.storage_options.secret: environment variable {SECRET_VARIABLE} is not set" in done.stderr
 

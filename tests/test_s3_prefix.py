@@ -190,15 +190,15 @@ def small_store(tmp_path_factory):
     return path
 
 
-def test_the_cli_refuses_a_bad_output_store_in_one_line_exit_2_writing_nothing(tmp_path, run_cli, s3, fs,
+def test_the_cli_refuses_a_bad_output_store_in_one_line_exit_2_writing_nothing(tmp_path, in_process, s3, fs,
                                                                                small_store):
     url, options, words, fix = bad_output(s3, "wrong secret")  # the other cases raise the same OutputError
     output = {"path": url, "storage_options": {**s3.config_options(), "endpoint_url": options["endpoint_url"]}}
     config = {"data": {"path": str(small_store), "array": "X"}, "model": {"kind": "kmeans", "n_components": 2},
               "output": output}
     before = objects(fs, s3.bucket)
-    done = run_cli("run", write_config(tmp_path / "c.yaml", config),
-                   env={**s3.env(tmp_path), SECRET_VARIABLE: options["secret"]}, timeout=120)
+    done = in_process("run", write_config(tmp_path / "c.yaml", config),
+                      env={**s3.env(tmp_path), SECRET_VARIABLE: options["secret"]}, cwd=tmp_path)
     assert done.returncode == 2, done.stderr
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith(f"error: {url}: {words}") and fix in lines[0], done.stderr

@@ -151,10 +151,10 @@ def cli_layout(tmp_path):
 
 @pytest.mark.parametrize("command", ["run", "validate"])
 @pytest.mark.parametrize("output,words", [("in.zarr", "is the input data.path"), (".", "is the working directory")])
-def test_run_and_validate_refuse_before_a_cluster_and_touch_nothing(tmp_path, run_cli, cli_layout, command, output,
+def test_run_and_validate_refuse_before_a_cluster_and_touch_nothing(tmp_path, in_process, cli_layout, command, output,
                                                                     words):
     before = snapshot(tmp_path)
-    done = run_cli(command, cli_layout, "--set", f"output.path={output}")
+    done = in_process(command, cli_layout, "--set", f"output.path={output}", cwd=tmp_path)
     assert_one_error_line(done, f"{tmp_path / output if output != '.' else tmp_path}: output.path {words}",
                           "output.path", "choose an")
     assert "cluster:" not in done.stderr and snapshot(tmp_path) == before
@@ -162,9 +162,9 @@ def test_run_and_validate_refuse_before_a_cluster_and_touch_nothing(tmp_path, ru
 
 @pytest.mark.parametrize("output,words", [("model", "is the input model_path"),
                                           ("in.zarr/p", "is inside the input data.path")])
-def test_predict_refuses_to_write_into_its_model_or_its_input(tmp_path, run_cli, cli_layout, output, words):
+def test_predict_refuses_to_write_into_its_model_or_its_input(tmp_path, in_process, cli_layout, output, words):
     before = snapshot(tmp_path)
-    done = run_cli("predict", "model", "in.zarr", "--array", "X", "-o", output, "--overwrite")
+    done = in_process("predict", "model", "in.zarr", "--array", "X", "-o", output, "--overwrite", cwd=tmp_path)
     assert_one_error_line(done, f"output.path {words}")
     assert "cluster:" not in done.stderr and snapshot(tmp_path) == before
 
@@ -209,7 +209,7 @@ def test_a_config_error_does_not_show_a_value_from_the_environment(monkeypatch):
 
 
 @pytest.mark.cluster
-def test_a_secret_from_the_environment_is_in_neither_run_json_nor_the_logs(tmp_path, run_cli):
+def test_a_secret_from_the_environment_is_in_neither_run_json_nor_the_logs(tmp_path, run_cli, in_process):
     make_store(tmp_path / "in.zarr")
     config = {
         "data": {"path": f"file://{tmp_path / 'in.zarr'}", "array": "X",
@@ -228,7 +228,7 @@ def test_a_secret_from_the_environment_is_in_neither_run_json_nor_the_logs(tmp_p
     assert options == {"client_label": MASK, "password": MASK}
 
     config["data"]["path"] = f"file://user:sw0rdf1sh-9d2e@{tmp_path / 'nowhere.zarr'}"  # a password in a URL
-    done = run_cli("validate", write_config(tmp_path / "c.yaml", config), env={"DASKEM_TEST_SECRET": "x"})
+    done = in_process("validate", write_config(tmp_path / "c.yaml", config), env={"DASKEM_TEST_SECRET": "x"})
     assert_one_error_line(done, f"file://user:{MASK}@")
     assert "sw0rdf1sh" not in done.stderr
 

@@ -45,12 +45,12 @@ def test_run_and_predict_find_the_scheduler_through_its_file_and_log_its_dashboa
         assert summary["cluster"]["dashboard"] == link
 
 
-def test_a_stale_scheduler_file_is_one_line_at_once(tmp_path, run_cli):
+def test_a_stale_scheduler_file_is_one_line_at_once(tmp_path, in_process):
     make_data(str(tmp_path / "blobs.zarr"), n_samples=100, n_features=2, chunk_rows=50)
     address = f"tcp://127.0.0.1:{closed_port()}"
     (tmp_path / "scheduler.json").write_text(json.dumps({"type": "Scheduler", "address": address}))
-    done = run_cli("run", write_config(tmp_path / "c.yaml", run_config(scheduler_file="scheduler.json")),
-                   env={"DASK_DISTRIBUTED__COMM__TIMEOUTS__CONNECT": "600s"}, timeout=120)
+    done = in_process("run", write_config(tmp_path / "c.yaml", run_config(scheduler_file="scheduler.json")),
+                      env={"DASK_DISTRIBUTED__COMM__TIMEOUTS__CONNECT": "600s"}, cwd=tmp_path)
     assert done.returncode == 2, done.stderr
     errors = [line for line in done.stderr.splitlines() if "error" in line]
     assert len(errors) == 1 and errors[0].startswith(
@@ -62,11 +62,12 @@ def test_a_stale_scheduler_file_is_one_line_at_once(tmp_path, run_cli):
     ("{not json", "not a scheduler file (JSONDecodeError"),
     ('{"type": "Scheduler"}', "not a scheduler file (KeyError: 'address')"),
 ])
-def test_a_missing_or_garbled_scheduler_file_is_one_line(tmp_path, run_cli, content, words):
+def test_a_missing_or_garbled_scheduler_file_is_one_line(tmp_path, in_process, content, words):
     make_data(str(tmp_path / "blobs.zarr"), n_samples=100, n_features=2, chunk_rows=50)
     if content is not None:
         (tmp_path / "scheduler.json").write_text(content)
-    done = run_cli("run", write_config(tmp_path / "c.yaml", run_config(scheduler_file="scheduler.json")), env=FAST)
+    done = in_process("run", write_config(tmp_path / "c.yaml", run_config(scheduler_file="scheduler.json")), env=FAST,
+                      cwd=tmp_path)
     assert done.returncode == 2, done.stderr
     errors = [line for line in done.stderr.splitlines() if line.startswith("error")]
     assert errors == [line for line in done.stderr.splitlines() if "error" in line]
@@ -74,9 +75,9 @@ def test_a_missing_or_garbled_scheduler_file_is_one_line(tmp_path, run_cli, cont
     assert words in errors[0]
 
 
-def test_scheduler_file_and_address_together_are_a_config_error(tmp_path, run_cli):
+def test_scheduler_file_and_address_together_are_a_config_error(tmp_path, in_process):
     config = run_config(scheduler_file="scheduler.json", address="tcp://127.0.0.1:8786")
-    done = run_cli("validate", write_config(tmp_path / "c.yaml", config))
+    done = in_process("validate", write_config(tmp_path / "c.yaml", config), cwd=tmp_path)
     assert done.returncode == 2
     assert done.stderr.strip() == (f"error: {tmp_path / 'c.yaml'}: cluster: address and scheduler_file both "
                                    "name a scheduler; keep one")

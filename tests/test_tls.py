@@ -100,13 +100,14 @@ def test_predict_reaches_a_tls_scheduler_with_the_tls_flags(tmp_path, run_cli, s
 
 
 @pytest.mark.cluster
-def test_a_tls_scheduler_without_the_tls_keys_is_one_line_naming_cluster_tls(tmp_path, run_cli, store, tls_address):
-    done = run_cli("run", write_config(tmp_path / "c.yaml", run_config(store, address=tls_address)))
+def test_a_tls_scheduler_without_the_tls_keys_is_one_line_naming_cluster_tls(tmp_path, in_process, store, tls_address):
+    done = in_process("run", write_config(tmp_path / "c.yaml", run_config(store, address=tls_address)), cwd=tmp_path)
     assert done.returncode == 2
     assert done.stderr.strip().splitlines() == [
         f"error: {tmp_path / 'c.yaml'}: cluster: address {tls_address}, a TLS scheduler: set cluster.tls "
         "(ca_file, cert_file, key_file) to the certificates that let this client in"]
-    done = run_cli("predict", tmp_path / "model", store, "-o", tmp_path / "pred", "--address", tls_address)
+    done = in_process("predict", tmp_path / "model", store, "-o", tmp_path / "pred", "--address", tls_address,
+                      cwd=tmp_path)
     assert done.returncode == 2 and "a TLS scheduler: set cluster.tls" in done.stderr
     assert not (tmp_path / "out").exists() and not (tmp_path / "pred").exists()
 
@@ -116,12 +117,12 @@ def test_a_tls_scheduler_without_the_tls_keys_is_one_line_naming_cluster_tls(tmp
     ("stranger", "ca", "TLSV1_ALERT_UNKNOWN_CA"),  # the scheduler does not trust the client's certificate
     ("client", "other-ca", "CERTIFICATE_VERIFY_FAILED"),  # the client does not trust the scheduler's
 ])
-def test_certificates_the_other_side_does_not_trust_are_one_line_at_once(tmp_path, run_cli, store, tls_address,
+def test_certificates_the_other_side_does_not_trust_are_one_line_at_once(tmp_path, in_process, store, tls_address,
                                                                           certificates, party, ca, reason):
     config = run_config(store, address=tls_address, tls=tls_config(certificates, party, ca))
-    # dask itself would retry for the whole connect timeout, set here far beyond the subprocess' limit
-    done = run_cli("run", write_config(tmp_path / "c.yaml", config),
-                   env={"DASK_DISTRIBUTED__COMM__TIMEOUTS__CONNECT": "600s"}, timeout=120)
+    # dask itself would retry for the whole connect timeout, set here far beyond the test's patience
+    done = in_process("run", write_config(tmp_path / "c.yaml", config),
+                      env={"DASK_DISTRIBUTED__COMM__TIMEOUTS__CONNECT": "600s"}, cwd=tmp_path)
     assert done.returncode == 2, done.stderr
     errors = [line for line in done.stderr.splitlines() if "error" in line]
     assert errors == [f"error: cluster.address: the TLS handshake with {tls_address} failed ({reason}); check "
@@ -130,16 +131,16 @@ def test_certificates_the_other_side_does_not_trust_are_one_line_at_once(tmp_pat
     assert not (tmp_path / "out").exists()
 
 
-def test_tls_files_are_checked_when_the_config_is_read(tmp_path, run_cli, certificates):
+def test_tls_files_are_checked_when_the_config_is_read(tmp_path, in_process, certificates):
     files = {**tls_config(certificates), "key_file": str(tmp_path / "missing.key")}
     config = run_config(tmp_path / "blobs.zarr", address="tls://127.0.0.1:8786", tls=files)
-    done = run_cli("validate", write_config(tmp_path / "c.yaml", config))
+    done = in_process("validate", write_config(tmp_path / "c.yaml", config), cwd=tmp_path)
     assert done.returncode == 2
     assert done.stderr.strip() == (f"error: {tmp_path / 'c.yaml'}: cluster.tls.key_file: "
                                    f"'{tmp_path / 'missing.key'}': no such file; give the path of a PEM file")
 
 
-def test_tls_certificates_for_a_plain_tcp_address_are_a_config_error(tmp_path, run_cli, certificates):
+def test_tls_certificates_for_a_plain_tcp_address_are_a_config_error(tmp_path, in_process, certificates):
     config = run_config(tmp_path / "blobs.zarr", address="tcp://127.0.0.1:8786", tls=tls_config(certificates))
-    done = run_cli("validate", write_config(tmp_path / "c.yaml", config))
+    done = in_process("validate", write_config(tmp_path / "c.yaml", config), cwd=tmp_path)
     assert done.returncode == 2 and "not a tls:// address, but cluster.tls is set" in done.stderr
