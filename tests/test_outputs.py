@@ -22,6 +22,7 @@ from daskem.models.preprocessing import (
 )
 from daskem.outputs.model_files import load_model, save_model
 from daskem.outputs.predictions import write_predictions
+from daskem.outputs.report import RowSample, report_sample
 from daskem.outputs.records import output_format
 from daskem.outputs.staging import StagedOutput
 from daskem.pipeline.config import PCAConfig, PreprocessConfig
@@ -138,6 +139,20 @@ def test_irregular_row_chunks_are_made_regular(tmp_path, blobs):
     X = blobs.rechunk(((100, 300, 500), (3,)))
     write_predictions(fitted("kmeans", blobs), X, tmp_path / "p.zarr")
     assert zarr.open_array(str(tmp_path / "p.zarr"), path="labels").chunks == (500,)
+
+
+@pytest.mark.parametrize("kind", ["kmeans", "full"])
+def test_the_report_sample_taken_while_writing_is_the_sample_of_its_own_pass(tmp_path, blobs, kind):
+    model = fitted(kind, blobs)
+    X = blobs.rechunk(((100, 300, 500), (3,)))  # made regular for the writes: the sample must not notice
+    alone = report_sample(model, blobs, rows=300, seed=4)
+    written, sample = write_predictions(model, X, tmp_path / "p.zarr", alongside=RowSample.of(model, 900, rows=300,
+                                                                                               seed=4))
+    assert list(written) == ["labels"] and sorted(sample) == sorted(alone) and 200 < len(sample["rows"]) < 400
+    for name in alone:
+        np.testing.assert_array_equal(sample[name], alone[name])
+    assert write_predictions(model, X, tmp_path / "q.zarr", labels=False, alongside=RowSample.of(model, 900)) == (
+        {}, None)  # nothing written, no pass: the caller takes its sample in a pass of its own
 
 
 # ----------------------------------------------------------------------------- staged directory

@@ -83,7 +83,8 @@ def test_run_flags_the_planted_outliers_and_records_the_threshold(run):
     outliers = summary["outliers"]
     assert outliers["contamination"] == CONTAMINATION and outliers["rows"] == len(X)
     assert abs(outliers["count"] - CONTAMINATION * len(X)) <= 0.001 * CONTAMINATION * len(X) + 0.5
-    assert summary["passes"]["outliers"] == 2 and summary["passes"]["report"] == 1
+    assert summary["passes"]["outliers"] == 2 and summary["passes"]["outputs"] == 1
+    assert summary["passes"]["report"] == 0  # its sample was taken in the pass that wrote the predictions
     flags = zarr.open_array(str(folder / "out" / "predictions.zarr"), path="outlier")[:]
     assert flags.dtype == bool and np.count_nonzero(flags) == outliers["count"]
     assert np.count_nonzero(flags & is_planted) >= 0.95 * N_PLANTED
@@ -102,6 +103,10 @@ def test_run_writes_a_report_with_every_figure(run):
     assert "Candidates, best first by bic" in page and "below log-density" in page
     rows = np.load(report / "sample" / "rows.npy")
     assert 4_000 < len(rows) < 6_000 and rows.shape[1] == D
+    # taken in the predictions pass, the sample is the one a pass of its own draws, in other slabs too
+    alone = report_sample(load_model(folder / "out"), da.from_zarr(str(folder / "data.zarr"), chunks=(3_000, D)))
+    for name, values in alone.items():
+        np.testing.assert_array_equal(np.load(report / "sample" / f"{name}.npy"), values)
 
 
 @pytest.mark.cluster

@@ -14,6 +14,7 @@ import time
 import uuid
 from collections import Counter
 from dataclasses import dataclass
+from functools import partial
 from typing import Any, Mapping
 
 import dask.array as da
@@ -59,6 +60,7 @@ def write_predictions(
     outlier: bool = False,
     fan_in: int = DEFAULT_FAN_IN,
     storage_options: Mapping[str, Any] | None = None,
+    alongside=None,
 ) -> dict[str, dict[str, Any]]:
     """Write the requested per-row outputs of ``model`` on ``X`` to the Zarr group ``path`` (a local
     path, or an fsspec URL opened with ``storage_options`` on the client and on every worker).
@@ -68,11 +70,15 @@ def write_predictions(
     Each slab's task computes every requested output from one E-step (``model.row_kernel()``) and
     writes its own region of each array; nothing is gathered but counts: the rows, checked against
     N, and the ``true`` values of each bool array. Returns a description of each array written.
+
+    ``alongside`` (an object with ``apply(slab, row_start)`` and ``combine(parts)``, such as the
+    report's ``RowSample``) runs in the same tasks, on the slabs already read, so its result costs
+    no pass of its own; it is then returned too: ``(written, alongside's result)``.
     """
     wanted = [name for name, on in (("labels", labels), ("responsibilities", responsibilities),
                                     ("log_density", log_density), ("outlier", outlier)) if on]
     if not wanted:
-        return {}
+        return {} if alongside is None else ({}, None)
     X = X if isinstance(X, da.Array) else da.from_array(np.asarray(X), chunks=(X.shape[0], -1))
     chunk = max(X.chunks[0])
     if any(size != chunk for size in X.chunks[0][:-1]):
@@ -86,13 +92,13 @@ def write_predictions(
         shape = (n_rows, model.n_components) if per_component else (n_rows,)
         targets[name] = group.create_array(name, shape=shape, chunks=(chunk,) + shape[1:], dtype=dtype)
         written[name] = {"dtype": np.dtype(dtype).name, "shape": list(shape), "chunk_rows": chunk}
-    counts = store_rows(X, model.row_kernel(), targets, fan_in=fan_in)
+    counts, extra = store_rows_alongside(X, model.row_kernel(), targets, alongside, fan_in=fan_in)
     if counts["rows"] != n_rows:  # every slab writes its rows exactly once
         raise RuntimeError(f"predictions: {counts['rows']} rows written for {n_rows} rows of input")
     for name in wanted:
         if PREDICTIONS[name][0] is np.bool_:
             written[name]["true"] = counts[name]
-    return written
+    return written if alongside is None else (written, extra)
 
 
 def store_rows(X: da.Array, kernel, targets: dict[str, Any], *, fan_in: int = DEFAULT_FAN_IN) -> Counter:
@@ -100,11 +106,19 @@ def store_rows(X: da.Array, kernel, targets: dict[str, Any], *, fan_in: int = DE
     task per slab (one E-step for all names); return the counts of the rows written (``rows``) and
     of the true values of each bool output. On a distributed cluster a failure stops the pass
     cleanly (see the module doc)."""
+    return store_rows_alongside(X, kernel, targets, None, fan_in=fan_in)[0]
+
+
+def store_rows_alongside(X: da.Array, kernel, targets: dict[str, Any], alongside, *,
+                         fan_in: int = DEFAULT_FAN_IN) -> tuple[Counter, Any]:
+    """``store_rows``, with ``alongside.apply`` run on each slab in the same task and its parts
+    combined by ``alongside.combine`` (None without it): ``(counts, alongside's result)``."""
     token = uuid.uuid4().hex[:12]
     name = f"daskem-predictions-{token}"
-    payload = SlabWrite(kernel, tuple(targets.items()), token)
+    payload = SlabWrite(kernel, tuple(targets.items()), token, alongside)
     try:
-        return map_reduce(X, write_slab, payload, name=name, combine=_add_counts, fan_in=fan_in)
+        return map_reduce(X, write_slab, payload, name=name, combine=partial(_add_written, alongside),
+                          fan_in=fan_in)
     except BaseException:
         _stop(token, name)
         raise
@@ -117,13 +131,14 @@ class SlabWrite:
     kernel: Any
     targets: tuple
     token: str
+    alongside: Any = None
 
 
-def write_slab(slab: np.ndarray, row_start: int, payload: SlabWrite) -> Counter:
+def write_slab(slab: np.ndarray, row_start: int, payload: SlabWrite) -> tuple[Counter, Any]:
     """Compute every requested output of one slab from one E-step and write it in place; its
-    counts (none when its pass was stopped)."""
+    counts (none when its pass was stopped) and what ``payload.alongside`` makes of the slab."""
     if payload.token in _STOPPED:
-        return Counter()
+        return Counter(), None
     _quiet_unclosed_sessions()
     check_finite_block(slab, row_start)  # new data to predict on is checked as data to fit
     values = payload.kernel(slab, tuple(name for name, _ in payload.targets))
@@ -133,11 +148,12 @@ def write_slab(slab: np.ndarray, row_start: int, payload: SlabWrite) -> Counter:
         target[row_start:stop] = values[name].astype(target.dtype, copy=False)
         if target.dtype == np.bool_:
             counts[name] = int(np.count_nonzero(values[name]))
-    return counts
+    return counts, None if payload.alongside is None else payload.alongside.apply(slab, row_start)
 
 
-def _add_counts(parts: list[Counter]) -> Counter:
-    return sum(parts, Counter())
+def _add_written(alongside, parts: list[tuple[Counter, Any]]) -> tuple[Counter, Any]:
+    extras = [part[1] for part in parts if part[1] is not None]  # none from the tasks of a stopped pass
+    return sum((part[0] for part in parts), Counter()), alongside.combine(extras) if extras else None
 
 
 class _UnclosedSessions(logging.Filter):

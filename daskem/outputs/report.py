@@ -1,8 +1,9 @@
 """A run's report: ``report/index.html`` with the run's summary and PNG figures (``outputs.figures``).
 
-``report_sample`` draws, in one pass, a uniform sample of at most about ``SAMPLE_ROWS`` rows (kept
-by a draw keyed by seed and row, so it does not depend on the chunking), in the model's feature
-space, with their labels and log-densities; it is saved under ``report/sample/`` so that
+``RowSample`` draws a uniform sample of at most about ``SAMPLE_ROWS`` rows (kept by a draw keyed by
+seed and row, so it does not depend on the chunking), in the model's feature space, with their
+labels and log-densities, in the pass that writes the per-row outputs or, without them, in one of
+its own; it is saved under ``report/sample/`` so that
 ``daskem report RUN_DIR`` (``regenerate``) draws the report again from the output directory alone:
 run.json, model/ and that sample.
 """
@@ -41,34 +42,48 @@ SAMPLE_ARRAYS = ("rows", "labels", "log_density")
 
 
 @dataclass(frozen=True)
-class _SampleRequest:
+class RowSample:
+    """The report's sample as work on each slab: ``apply`` keeps the slab's sampled rows (by a draw
+    keyed by seed and row, so the sample does not depend on the chunking) in the model's feature
+    space with their outputs; ``combine`` joins the slabs' parts in row order. A pass of its own
+    (``report_sample``) or a task's side job in the predictions pass (``write_predictions``)."""
+
     preprocessing: Any
     kernel: Any
     names: tuple
     seed: int
     fraction: float
 
+    @classmethod
+    def of(cls, model, n_rows: int, *, rows: int = SAMPLE_ROWS, seed: int = 0) -> "RowSample":
+        """About ``rows`` of ``n_rows`` rows, with their ``labels`` (and ``log_density`` for a mixture)."""
+        estimator = getattr(model, "estimator", model)
+        names = ("labels", "log_density") if hasattr(estimator, "predict_proba") else ("labels",)
+        return cls(getattr(model, "preprocessing", None), estimator.row_kernel(), names, seed,
+                   min(1.0, rows / max(1, n_rows)))
 
-def _sample_slab(slab: np.ndarray, row_start: int, request: _SampleRequest) -> dict[str, np.ndarray]:
-    keep = row_uniforms(request.seed, SAMPLE_STREAM, row_start, slab.shape[0])[:, 0] < request.fraction
-    rows = np.asarray(slab[keep], dtype=np.float64)
-    if request.preprocessing is not None:
-        rows = transform_rows(rows, request.preprocessing)
-    return {"rows": rows, **request.kernel(rows, request.names)}
+    def apply(self, slab: np.ndarray, row_start: int) -> dict[str, np.ndarray]:
+        keep = row_uniforms(self.seed, SAMPLE_STREAM, row_start, slab.shape[0])[:, 0] < self.fraction
+        rows = np.asarray(slab[keep], dtype=np.float64)
+        if self.preprocessing is not None:
+            rows = transform_rows(rows, self.preprocessing)
+        return {"rows": rows, **self.kernel(rows, self.names)}
+
+    def combine(self, parts: list[dict]) -> dict[str, np.ndarray]:
+        return {name: np.concatenate([part[name] for part in parts]) for name in parts[0]}
 
 
-def _concatenate(parts: list[dict]) -> dict[str, np.ndarray]:
-    return {name: np.concatenate([part[name] for part in parts]) for name in parts[0]}
+def _sample_slab(slab: np.ndarray, row_start: int, request: RowSample) -> dict[str, np.ndarray]:
+    return request.apply(slab, row_start)
 
 
 def report_sample(model, X, *, rows: int = SAMPLE_ROWS, seed: int = 0, fan_in: int = DEFAULT_FAN_IN) -> dict:
     """About ``rows`` uniformly sampled rows of the Dask array ``X`` in the model's feature space,
-    with their ``labels`` (and ``log_density`` for a mixture): one pass, bounded on the client."""
-    estimator = getattr(model, "estimator", model)
-    names = ("labels", "log_density") if hasattr(estimator, "predict_proba") else ("labels",)
-    request = _SampleRequest(getattr(model, "preprocessing", None), estimator.row_kernel(), names, seed,
-                             min(1.0, rows / max(1, X.shape[0])))
-    return map_reduce(X, _sample_slab, request, name=new_run_id("report-sample"), combine=_concatenate, fan_in=fan_in)
+    with their ``labels`` (and ``log_density`` for a mixture): one pass, bounded on the client. A run
+    that writes per-row outputs takes the same sample in their pass instead (``RowSample``)."""
+    request = RowSample.of(model, X.shape[0], rows=rows, seed=seed)
+    return map_reduce(X, _sample_slab, request, name=new_run_id("report-sample"), combine=request.combine,
+                      fan_in=fan_in)
 
 
 # ----------------------------------------------------------------------------- the report

@@ -32,7 +32,7 @@ from daskem.outputs.locations import output_location
 from daskem.outputs.model_files import read_model, save_model
 from daskem.outputs.predictions import prediction_bytes, write_predictions
 from daskem.outputs.records import output_format, package_versions
-from daskem.outputs.report import REPORT_DIR, report_sample, write_report
+from daskem.outputs.report import REPORT_DIR, RowSample, report_sample, write_report
 from daskem.pipeline.cluster import (
     cluster_summary,
     connect,
@@ -164,11 +164,13 @@ def run(config: DaskemConfig, *, progress: bool = True, restart: bool = False) -
             set_outliers(model, X, config.output.outliers)
             save_model(model, out.join("model"), metadata={"data": mask_document(source.to_json(), secrets)},
                        storage_options=out.storage_options)
-            with step("outputs"):
-                written = write_per_row(model, X, out, config.output)
-            if config.output.report:
+            seed = config.model.random_state or 0
+            sampling = RowSample.of(model, X.shape[0], seed=seed) if config.output.report else None
+            with step("outputs"):  # the report's sample in the same tasks: no pass of its own
+                written, sample = write_per_row(model, X, out, config.output, alongside=sampling)
+            if sampling is not None and not written:  # no per-row outputs: the sample takes a pass of its own
                 with step("report"):
-                    sample = report_sample(model, X, seed=config.model.random_state or 0, fan_in=config.model.fan_in)
+                    sample = report_sample(model, X, seed=seed, fan_in=config.model.fan_in)
             timings["outputs"] = time.perf_counter() - t
             timings["total"] = time.perf_counter() - t0
             summary = {**output_format(), **mask_document({  # the format tag is never masked: readers need it
@@ -222,12 +224,14 @@ def _fit_configured(config, X, source, checkpoint, client, timings: dict[str, fl
     return (estimator if prep is None else PreprocessedModel(estimator, prep)), estimator, prep, candidates
 
 
-def write_per_row(model, X, out, outputs) -> dict[str, Any]:
-    """The per-row outputs that ``outputs`` (an ``OutputConfig``) asks for, written by the workers under ``out``."""
+def write_per_row(model, X, out, outputs, alongside=None) -> tuple[dict[str, Any], Any]:
+    """The per-row outputs that ``outputs`` (an ``OutputConfig``) asks for, written by the workers under
+    ``out``, and the result of ``alongside`` run in the same pass (see ``write_predictions``)."""
     flagged = outputs.outliers is not None
-    return write_predictions(model, X, out.join("predictions.zarr"), labels=outputs.labels,
-                             responsibilities=outputs.responsibilities, log_density=outputs.log_density or flagged,
-                             outlier=flagged, storage_options=out.storage_options)
+    written = write_predictions(model, X, out.join("predictions.zarr"), labels=outputs.labels,
+                                responsibilities=outputs.responsibilities, log_density=outputs.log_density or flagged,
+                                outlier=flagged, storage_options=out.storage_options, alongside=alongside)
+    return written if alongside is not None else (written, None)
 
 
 @contextmanager
@@ -273,7 +277,7 @@ def predict(config: PredictConfig, *, progress: bool = True) -> RunResult:
         X = fit_slabs_to_workers(config.data, X, source, cluster)
         with location as out, disk_full_named(location.url, X.shape[0], model, config.output):
             set_outliers(model, X, config.output.outliers)
-            written = write_per_row(model, X, out, config.output)
+            written, _ = write_per_row(model, X, out, config.output)
             summary = {**output_format(), **mask_document({
                 **run_record("predict", config, started_at, source, X, cluster),
                 "model_path": config.model_path if "://" in config.model_path else os.path.abspath(config.model_path),
