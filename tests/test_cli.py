@@ -108,6 +108,22 @@ def test_run_writes_model_predictions_and_run_json(tmp_path, run_cli, store, kin
 
 
 @pytest.mark.cluster
+def test_asking_a_scheduler_without_a_dashboard_for_its_page_logs_nothing(caplog):
+    """daskem asks for the page to know whether there is a dashboard: the 404 of an embedded
+    scheduler (served from this process) is no warning for the user."""
+    import logging
+
+    from distributed import Client, LocalCluster
+
+    from daskem.pipeline.cluster import dashboard_link
+
+    with LocalCluster(n_workers=1, processes=False, dashboard_address=None) as cluster, Client(cluster) as client, \
+            caplog.at_level(logging.WARNING, logger="tornado.access"):  # as the command line leaves it by default
+        assert "dashboard" in client.scheduler_info()["services"] and dashboard_link(client) is None
+    assert [record for record in caplog.records if record.name.startswith("tornado")] == []
+
+
+@pytest.mark.cluster
 def test_preprocessed_model_reloads_and_predict_applies_it(tmp_path, run_cli, store):
     out = tmp_path / "out"
     config = config_for(store, out, covariance_type="diag")

@@ -200,13 +200,26 @@ def dashboard_link(client) -> str | None:
         return None
     link = client.dashboard_link
     try:  # HEAD, so no dashboard session is started (a served page answers 405 or 200)
-        with urllib.request.urlopen(urllib.request.Request(link, method="HEAD"), timeout=2):
+        with _unlogged_probe(), urllib.request.urlopen(urllib.request.Request(link, method="HEAD"), timeout=2):
             pass
     except urllib.error.HTTPError as exc:
         return None if exc.code == 404 else link
     except (OSError, ValueError):  # not reachable from this client: no link worth logging
         return None
     return link
+
+
+@contextmanager
+def _unlogged_probe() -> Iterator[None]:
+    """Around the probe of the dashboard's page: an embedded scheduler serves it from this process,
+    and tornado would log the 404 of a scheduler without a dashboard as a warning of its own."""
+    access = logging.getLogger("tornado.access")
+    level = access.level
+    access.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        access.setLevel(level)
 
 
 def log_dashboard(client, cluster: ClusterConfig) -> None:
