@@ -13,7 +13,8 @@ from sklearn.mixture._gaussian_mixture import (
 
 from daskem.kernels.covariance import COVARIANCE_TYPES
 from daskem.kernels.mixture import estimate_log_resp, gmm_chunk_stats, row_outputs
-from daskem.kernels.lloyd import COMPILED_COMPONENTS, compiled
+from daskem.kernels.compiled import compiled
+from daskem.kernels.lloyd import COMPILED_COMPONENTS
 from daskem.kernels.nearest import hard_chunk_stats, kmeans_transform, nearest_center
 from daskem.kernels.params import GMMParams
 from daskem.kernels.stats import SuffStats

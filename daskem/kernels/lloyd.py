@@ -7,32 +7,20 @@ copy, its distances and its sums in registers and cache. For each row ``y = x - 
 on ties), then the float64 sums ``y`` into that centre, its count and the clipped squared distance.
 The distance products are a dot product per centre, so their cost grows as K D; past
 ``COMPILED_COMPONENTS`` centres a BLAS GEMM is faster and the NumPy kernel runs instead (see
-``nearest.hard_chunk_stats``). Compiled once and cached on disk next to this module, or in the user's
-cache directory where that is read-only; where neither can be written, compiled in each process.
+``nearest.hard_chunk_stats``). Compiled once and cached on disk (``kernels.compiled``).
 """
 
 from __future__ import annotations
 
-import numba
 import numpy as np
+
+from daskem.kernels.compiled import compiled
 
 # Most centres for which the compiled loop beats the GEMM kernel (measured: 2.6x faster at K = 16,
 # D = 32; 1.3x at K = 64; slower from K = 128 at D = 32).
 COMPILED_COMPONENTS = 64
 # Slab dtypes the loop runs on (every store is read as one of them); others take the NumPy kernel.
 COMPILED_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
-
-# Reassociating the sums lets LLVM vectorize the dot products; NaN and infinity keep their meaning.
-_FASTMATH = {"reassoc", "contract", "nsz", "arcp"}
-
-
-def compiled(function):
-    """``function`` compiled without the GIL, cached on disk when numba finds a writable place for the
-    cache (a read-only install run by a user without a home has none: numba refuses to cache then)."""
-    try:
-        return numba.njit(nogil=True, cache=True, fastmath=_FASTMATH)(function)
-    except RuntimeError:  # "cannot cache function ...: no locator available"
-        return numba.njit(nogil=True, cache=False, fastmath=_FASTMATH)(function)
 
 
 @compiled

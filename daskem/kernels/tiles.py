@@ -15,7 +15,7 @@ from typing import Iterator
 import numpy as np
 
 from daskem.errors import DataError
-from daskem.kernels.lloyd import compiled
+from daskem.kernels.compiled import compiled
 
 # Rows per tile at most: no temporary grows with the slab, and per-tile Python costs stay small.
 TILE_ROWS = 2048
