@@ -15,7 +15,7 @@ from sklearn.datasets import make_blobs
 import daskem
 from daskem.engine.em import SlabPayload, candidate_stats, run_em
 from daskem.engine import reduction
-from daskem.engine.reduction import INLINED_PAYLOAD_BYTES, map_reduce, reduction_graph
+from daskem.engine.reduction import INLINED_PAYLOAD_BYTES, map_reduce, pickled_bytes, reduction_graph
 from daskem.kernels.covariance import get_covariance_type
 from daskem.kernels.stats import merge_candidates
 from daskem.models.families import (
@@ -92,6 +92,15 @@ def test_task_keys_carry_run_id_and_iteration():
     assert "daskem-gmm-abc-iter3-payload" in root.__dask_graph__()
 
 
+def test_a_payload_is_sized_as_its_pickle_without_copying_its_arrays():
+    import pickle
+
+    for payload in (_big_gmm_payload()[0], SlabPayload((KMeansFamily(),), (KMeansParams(_blobs()[:4]),))):
+        whole = len(pickle.dumps(payload, protocol=5))
+        assert whole - 64 * 20 <= pickled_bytes(payload) <= whole  # only the arrays' few frame headers apart
+    assert pickled_bytes(lambda rows: rows) is None  # for distributed's pickler alone
+
+
 def test_a_small_payload_is_copied_into_the_tasks_a_large_one_is_keyed_once():
     """Copies of small parameters save each pass a hop through the scheduler; large ones, or many
     copies of small ones, would swell the graph, so they keep one key."""
@@ -101,7 +110,7 @@ def test_a_small_payload_is_copied_into_the_tasks_a_large_one_is_keyed_once():
     assert "small-payload" not in graph
     for index in range(X.numblocks[0]):  # each map task needs only its slab
         assert graph[("small-map", index)].dependencies == {(X.name, index, 0)}
-    copies = INLINED_PAYLOAD_BYTES // len(pickle.dumps(small, protocol=pickle.HIGHEST_PROTOCOL)) + 1
+    copies = INLINED_PAYLOAD_BYTES // pickled_bytes(small) + 1
     many_slabs = da.zeros((copies * 2, 6), chunks=(2, 6))
     big, _ = _big_gmm_payload()
     for name, payload, rows in (("big", big, X), ("many", small, many_slabs)):
