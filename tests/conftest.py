@@ -45,18 +45,14 @@ def run_cli(tmp_path):
 def in_process(capsys, monkeypatch):
     """``in_process(*args, cwd=None, env=None)``: run the command line's ``main(args)`` here, in
     ``cwd`` with the variables ``env`` set when given, and return a CompletedProcess (exit status,
-    stdout, stderr); the log set-up, the directory and the environment are restored. Seconds faster
-    than ``run_cli`` (no interpreter to start, nothing to import): for the failures found before any
-    cluster, whose real-process behaviour ``test_cli`` checks once."""
-    import logging
-
+    stdout, stderr); what main() sets for its process (the log set-up, the signal handlers), the
+    directory and the environment are as before once it returns. Seconds faster than ``run_cli`` (no
+    interpreter to start, nothing to import): for the failures found before any cluster, whose
+    real-process behaviour ``test_cli`` checks once."""
     from daskem.cli import main
 
-    logger = logging.getLogger("daskem")
-    saved = logger.handlers[:], logger.level, logger.propagate
-
     def run(*args, cwd=None, env=None):
-        with monkeypatch.context() as patched, _dask_config_from(env or {}):
+        with monkeypatch.context() as patched, _dask_config_from(env or {}), _process_settings_kept():
             if cwd is not None:
                 patched.chdir(cwd)
             for name, value in (env or {}).items():
@@ -65,8 +61,32 @@ def in_process(capsys, monkeypatch):
         captured = capsys.readouterr()
         return subprocess.CompletedProcess(args, status, captured.out, captured.err)
 
-    yield run
-    logger.handlers[:], logger.level, logger.propagate = saved
+    return run
+
+
+@contextmanager
+def _process_settings_kept() -> Iterator[None]:
+    """Inside, the command line may set up logging and its signal handlers for the process, as it does
+    in its own; afterwards they are as they were."""
+    import logging
+    import signal
+
+    logger = logging.getLogger("daskem")
+    saved = logger.handlers[:], logger.level, logger.propagate
+    levels = {name: logging.getLogger(name).level for name in LIBRARY_LOGGERS}
+    handlers = {signum: signal.getsignal(signum) for signum in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        logger.handlers[:], logger.level, logger.propagate = saved
+        for name, level in levels.items():
+            logging.getLogger(name).setLevel(level)
+        for signum, handler in handlers.items():
+            signal.signal(signum, handler)
+
+
+# The loggers whose levels the command line sets (daskem.cli, pipeline.progress.configure_logging).
+LIBRARY_LOGGERS = ("distributed", "tornado", "bokeh", "asyncio")
 
 
 @contextmanager

@@ -5,6 +5,7 @@ address that is not one, is one line and exit 2 at once."""
 from __future__ import annotations
 
 import json
+import time
 
 import numpy as np
 import pytest
@@ -61,8 +62,10 @@ def test_a_refused_scheduler_port_is_one_line_without_waiting_for_the_connect_ti
     make_data(str(tmp_path / "blobs.zarr"), n_samples=100, n_features=2, chunk_rows=50)
     address = f"tcp://127.0.0.1:{closed_port()}"
     # dask itself would retry for the whole connect timeout, set here far beyond the test's patience
+    started = time.monotonic()
     done = in_process("run", write_config(tmp_path / "c.yaml", small_config(address=address)),
-                      env={"DASK_DISTRIBUTED__COMM__TIMEOUTS__CONNECT": "600s"}, cwd=tmp_path)
+                      env={"DASK_DISTRIBUTED__COMM__TIMEOUTS__CONNECT": "60s"}, cwd=tmp_path)
+    assert time.monotonic() - started < 20, "waited for the connect timeout"
     assert done.returncode == 2, done.stderr
     lines = done.stderr.strip().splitlines()  # the data's log line, then the error
     assert [line for line in lines if "error" in line] == lines[-1:], done.stderr

@@ -5,6 +5,7 @@ it; a stale, missing or garbled file, or one given with ``cluster.address``, is 
 from __future__ import annotations
 
 import json
+import time
 
 import pytest
 from conftest import write_config
@@ -49,8 +50,10 @@ def test_a_stale_scheduler_file_is_one_line_at_once(tmp_path, in_process):
     make_data(str(tmp_path / "blobs.zarr"), n_samples=100, n_features=2, chunk_rows=50)
     address = f"tcp://127.0.0.1:{closed_port()}"
     (tmp_path / "scheduler.json").write_text(json.dumps({"type": "Scheduler", "address": address}))
+    started = time.monotonic()
     done = in_process("run", write_config(tmp_path / "c.yaml", run_config(scheduler_file="scheduler.json")),
-                      env={"DASK_DISTRIBUTED__COMM__TIMEOUTS__CONNECT": "600s"}, cwd=tmp_path)
+                      env={"DASK_DISTRIBUTED__COMM__TIMEOUTS__CONNECT": "60s"}, cwd=tmp_path)
+    assert time.monotonic() - started < 20, "waited for the connect timeout"
     assert done.returncode == 2, done.stderr
     errors = [line for line in done.stderr.splitlines() if "error" in line]
     assert len(errors) == 1 and errors[0].startswith(

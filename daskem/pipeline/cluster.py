@@ -200,7 +200,8 @@ def dashboard_link(client) -> str | None:
         return None
     link = client.dashboard_link
     try:  # HEAD, so no dashboard session is started (a served page answers 405 or 200)
-        with _unlogged_probe(), urllib.request.urlopen(urllib.request.Request(link, method="HEAD"), timeout=2):
+        _filter_probe_lines()
+        with urllib.request.urlopen(urllib.request.Request(link, method="HEAD"), timeout=2):
             pass
     except urllib.error.HTTPError as exc:
         return None if exc.code == 404 else link
@@ -209,17 +210,21 @@ def dashboard_link(client) -> str | None:
     return link
 
 
-@contextmanager
-def _unlogged_probe() -> Iterator[None]:
-    """Around the probe of the dashboard's page: an embedded scheduler serves it from this process,
-    and tornado would log the 404 of a scheduler without a dashboard as a warning of its own."""
+class _DashboardProbes(logging.Filter):
+    """Drops tornado's access line for daskem's probe of the dashboard page (``HEAD /status``, which
+    browsers never send): an embedded scheduler serves it from the run's process, and logs the 404 of
+    a scheduler without a dashboard as a warning, after the answer has reached daskem."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        args = record.args if isinstance(record.args, tuple) else ()
+        return not (len(args) >= 2 and str(args[1]).startswith("HEAD ") and "/status " in str(args[1]))
+
+
+def _filter_probe_lines() -> None:
+    """Install ``_DashboardProbes`` on tornado's access log, once per process."""
     access = logging.getLogger("tornado.access")
-    level = access.level
-    access.setLevel(logging.ERROR)
-    try:
-        yield
-    finally:
-        access.setLevel(level)
+    if not any(isinstance(f, _DashboardProbes) for f in access.filters):
+        access.addFilter(_DashboardProbes())
 
 
 def log_dashboard(client, cluster: ClusterConfig) -> None:
