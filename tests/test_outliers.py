@@ -130,8 +130,8 @@ def test_threshold_is_saved_with_the_model_and_dropped_by_a_refit(fitted, tmp_pa
 def test_written_outlier_flags_and_their_count(fitted, tmp_path):
     model, X, planted = fitted
     model.set_outlier_threshold(X, contamination=0.01)
-    written = write_predictions(model, da.from_array(X, chunks=(6_000, D)), tmp_path / "p.zarr", labels=False,
-                                log_density=True, outlier=True)
+    written, _ = write_predictions(model, da.from_array(X, chunks=(6_000, D)), tmp_path / "p.zarr", labels=False,
+                                   log_density=True, outlier=True)
     import zarr
 
     flags = zarr.open_array(str(tmp_path / "p.zarr"), path="outlier")[:]

@@ -125,7 +125,8 @@ def test_float32_rows_stay_float32():
 
 def test_predictions_are_written_chunked_like_the_rows(tmp_path, blobs):
     model = fitted("diag", blobs)
-    written = write_predictions(model, blobs, tmp_path / "p.zarr", responsibilities=True, log_density=True)
+    written, nothing = write_predictions(model, blobs, tmp_path / "p.zarr", responsibilities=True, log_density=True)
+    assert nothing is None  # nothing asked for alongside the writes
     group = zarr.open_group(str(tmp_path / "p.zarr"), mode="r")
     assert {name: spec["dtype"] for name, spec in written.items()} == {
         "labels": "int32", "responsibilities": "float32", "log_density": "float64"}

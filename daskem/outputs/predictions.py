@@ -61,7 +61,7 @@ def write_predictions(
     fan_in: int = DEFAULT_FAN_IN,
     storage_options: Mapping[str, Any] | None = None,
     alongside=None,
-) -> dict[str, dict[str, Any]]:
+) -> tuple[dict[str, dict[str, Any]], Any]:
     """Write the requested per-row outputs of ``model`` on ``X`` to the Zarr group ``path`` (a local
     path, or an fsspec URL opened with ``storage_options`` on the client and on every worker).
 
@@ -69,16 +69,15 @@ def write_predictions(
     ``outlier`` (bool, N: log-density below the model's ``offset_``), chunked like the rows of ``X``.
     Each slab's task computes every requested output from one E-step (``model.row_kernel()``) and
     writes its own region of each array; nothing is gathered but counts: the rows, checked against
-    N, and the ``true`` values of each bool array. Returns a description of each array written.
-
-    ``alongside`` (an object with ``apply(slab, row_start)`` and ``combine(parts)``, such as the
-    report's ``RowSample``) runs in the same tasks, on the slabs already read, so its result costs
-    no pass of its own; it is then returned too: ``(written, alongside's result)``.
+    N, and the ``true`` values of each bool array. Returns a description of each array written and
+    the result of ``alongside`` (None without it, or when nothing is written and so nothing read):
+    an object with ``apply(slab, row_start)`` and ``combine(parts)``, such as the report's
+    ``RowSample``, run in the same tasks on the slabs already read, so it costs no pass of its own.
     """
     wanted = [name for name, on in (("labels", labels), ("responsibilities", responsibilities),
                                     ("log_density", log_density), ("outlier", outlier)) if on]
     if not wanted:
-        return {} if alongside is None else ({}, None)
+        return {}, None
     X = X if isinstance(X, da.Array) else da.from_array(np.asarray(X), chunks=(X.shape[0], -1))
     chunk = max(X.chunks[0])
     if any(size != chunk for size in X.chunks[0][:-1]):
@@ -98,7 +97,7 @@ def write_predictions(
     for name in wanted:
         if PREDICTIONS[name][0] is np.bool_:
             written[name]["true"] = counts[name]
-    return written if alongside is None else (written, extra)
+    return written, extra
 
 
 def store_rows(X: da.Array, kernel, targets: dict[str, Any], *, fan_in: int = DEFAULT_FAN_IN) -> Counter:

@@ -228,10 +228,9 @@ def write_per_row(model, X, out, outputs, alongside=None) -> tuple[dict[str, Any
     """The per-row outputs that ``outputs`` (an ``OutputConfig``) asks for, written by the workers under
     ``out``, and the result of ``alongside`` run in the same pass (see ``write_predictions``)."""
     flagged = outputs.outliers is not None
-    written = write_predictions(model, X, out.join("predictions.zarr"), labels=outputs.labels,
-                                responsibilities=outputs.responsibilities, log_density=outputs.log_density or flagged,
-                                outlier=flagged, storage_options=out.storage_options, alongside=alongside)
-    return written if alongside is not None else (written, None)
+    return write_predictions(model, X, out.join("predictions.zarr"), labels=outputs.labels,
+                             responsibilities=outputs.responsibilities, log_density=outputs.log_density or flagged,
+                             outlier=flagged, storage_options=out.storage_options, alongside=alongside)
 
 
 @contextmanager
