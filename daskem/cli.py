@@ -55,7 +55,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 def quiet_shutdown() -> None:
     """Nothing but our one line after an interruption: the cluster's shutdown chatter (worker
     tracebacks, asyncio's 'Task exception was never retrieved') stays out of the terminal."""
-    for name in ("distributed", "asyncio", "tornado", "bokeh"):
+    from daskem.pipeline.progress import LIBRARY_LOGGERS
+
+    for name in LIBRARY_LOGGERS:
         logging.getLogger(name).setLevel(logging.CRITICAL + 1)
 
 

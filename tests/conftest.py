@@ -52,12 +52,13 @@ def in_process(capsys, monkeypatch):
     from daskem.cli import main
 
     def run(*args, cwd=None, env=None):
-        with monkeypatch.context() as patched, _dask_config_from(env or {}), _process_settings_kept():
+        with monkeypatch.context() as patched, _process_settings_kept():
             if cwd is not None:
                 patched.chdir(cwd)
             for name, value in (env or {}).items():
                 patched.setenv(name, value)
-            status = main([str(arg) for arg in args])
+            with _dask_config_read_again(env or {}):
+                status = main([str(arg) for arg in args])
         captured = capsys.readouterr()
         return subprocess.CompletedProcess(args, status, captured.out, captured.err)
 
@@ -70,6 +71,8 @@ def _process_settings_kept() -> Iterator[None]:
     in its own; afterwards they are as they were."""
     import logging
     import signal
+
+    from daskem.pipeline.progress import LIBRARY_LOGGERS
 
     logger = logging.getLogger("daskem")
     saved = logger.handlers[:], logger.level, logger.propagate
@@ -85,14 +88,11 @@ def _process_settings_kept() -> Iterator[None]:
             signal.signal(signum, handler)
 
 
-# The loggers whose levels the command line sets (daskem.cli, pipeline.progress.configure_logging).
-LIBRARY_LOGGERS = ("distributed", "tornado", "bokeh", "asyncio")
-
 
 @contextmanager
-def _dask_config_from(env: dict[str, str]) -> Iterator[None]:
-    """Inside: the dask config as a new process would read it with ``env`` set (dask reads its
-    ``DASK_*`` variables once, on import); afterwards the config as it was."""
+def _dask_config_read_again(env: dict[str, str]) -> Iterator[None]:
+    """Inside: the dask config as a new process would read it from the environment, when ``env`` has
+    ``DASK_*`` variables (dask reads them once, on import); afterwards the config as it was."""
     import dask
 
     if not any(name.startswith("DASK_") for name in env):
@@ -100,10 +100,7 @@ def _dask_config_from(env: dict[str, str]) -> Iterator[None]:
         return
     saved = copy.deepcopy(dask.config.config)
     try:
-        with pytest.MonkeyPatch.context() as patched:
-            for name, value in env.items():
-                patched.setenv(name, value)
-            dask.config.refresh()
+        dask.config.refresh()
         yield
     finally:
         dask.config.config.clear()

@@ -112,7 +112,7 @@ def test_a_run_in_the_test_process_leaves_its_signal_handlers_and_log_levels_beh
     import logging
     import signal
 
-    from conftest import LIBRARY_LOGGERS
+    from daskem.pipeline.progress import LIBRARY_LOGGERS
 
     before = ([signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)],
               [logging.getLogger(name).level for name in LIBRARY_LOGGERS + ("daskem",)])

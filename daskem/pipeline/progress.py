@@ -160,6 +160,11 @@ class ProgressBars:
                 logger.debug("progress plugin not removed: %s", error)
 
 
+# The libraries' loggers whose levels the command line sets: all but asyncio to warnings here
+# (``configure_logging``), all to nothing once a run is interrupted (``cli.quiet_shutdown``).
+LIBRARY_LOGGERS = ("distributed", "asyncio", "tornado", "bokeh")
+
+
 def configure_logging(verbosity: int = 0) -> None:
     """Show daskem's log lines (one per iteration, timings, dashboard) on stderr.
 
