@@ -4,7 +4,8 @@ Zarr reads a chunk that is missing from the store as the fill value, so a gap (a
 deleted file) would be fitted as rows of zeros. ``missing_chunks`` compares the array's chunk grid
 (its shard grid when sharded: shards are the stored objects) with one recursive listing of the
 array's prefix, which is one paginated listing on an object store. ``SlabReader`` is what
-``da.from_array`` reads, one slab per task: on a worker, a chunk whose bytes cannot be read or
+``da.from_array`` reads, one slab per task (decoded straight into the slab where the layout allows,
+``direct_reads``): on a worker, a chunk whose bytes cannot be read or
 decoded becomes a ``DataError`` naming the array, the chunk and its rows, not a codec traceback.
 """
 
@@ -16,6 +17,7 @@ import math
 import numpy as np
 from dask.base import tokenize
 
+from daskem.data.direct_reads import DirectDecoder
 from daskem.errors import DataError
 
 
@@ -62,10 +64,12 @@ class SlabReader:
     def __init__(self, node, where: str):
         self.node, self.where = node, where
         self.shape, self.dtype, self.ndim = tuple(node.shape), np.dtype(node.dtype), node.ndim
+        self.decoder = DirectDecoder.of(node)
 
     def __getitem__(self, region):
         try:
-            return self.node[region]
+            slab = None if self.decoder is None else self.decoder.read(region)
+            return self.node[region] if slab is None else slab
         except Exception as exc:  # any codec or store error: find the chunk it came from
             raise self._error(region, exc) from None
 
