@@ -336,10 +336,17 @@ def main(argv=None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--allocator", choices=["daskem", "distributed"], default="daskem",
                         help="the workers' malloc thresholds: daskem's (its embedded cluster's) or distributed's defaults")
+    parser.add_argument("--reads", choices=["daskem", "zarr"], default="daskem",
+                        help="how slabs are read: daskem's (decoded straight into the slab where the layout allows) "
+                             "or zarr's own reads for every slab, to compare the two")
     parser.add_argument("--cases", nargs="*", default=None, help="subset of cases (default: all)")
     parser.add_argument("--case", help=argparse.SUPPRESS)  # run one case in this process, print JSON
     args = parser.parse_args(argv)
     if args.case:
+        if args.reads == "zarr":  # every SlabReader made in this process, and pickled to the workers, reads through zarr
+            from daskem.data.direct_reads import DirectDecoder
+
+            DirectDecoder.of = classmethod(lambda cls, node: None)
         print(json.dumps(run_case(args, args.case)))
         return 0
     ensure_store(args)

@@ -118,3 +118,36 @@ def test_the_frame_headers_state_the_decoded_size(size):
                   numcodecs.Blosc(cname="zstd", shuffle=numcodecs.Blosc.BITSHUFFLE)):
         assert decoded_size(codec, np.frombuffer(codec.encode(data), np.uint8)) == size
     assert decoded_size(numcodecs.Zlib(), np.frombuffer(numcodecs.Zlib().encode(data), np.uint8)) is None
+
+
+@pytest.mark.parametrize("zarr_format", [2, 3])
+def test_chunks_wider_than_the_array_read_through_zarr(tmp_path, zarr_format):
+    array = zarr.create_array(str(tmp_path / "s.zarr"), shape=(10, 3), chunks=(4, 5), dtype="f8", zarr_format=zarr_format)
+    array[...] = np.arange(30.0).reshape(10, 3)
+    assert DirectDecoder.of(array) is None
+    np.testing.assert_array_equal(SlabReader(array, "s.zarr")[(slice(0, 8), slice(0, 3))], array[0:8])
+
+
+@pytest.mark.parametrize("dtype", ["f8", "i8"])
+def test_a_missing_chunk_of_a_null_fill_value_reads_as_zarrs_zeros(tmp_path, dtype):
+    array = zarr.create_array(str(tmp_path / "s.zarr"), shape=(8, 2), chunks=(4, 2), dtype=dtype, zarr_format=2,
+                              fill_value=None)
+    array[4:] = 1
+    assert array.fill_value is None and DirectDecoder.of(array) is not None
+    slab = SlabReader(array, "s.zarr")[(slice(0, 8), slice(0, 2))]
+    np.testing.assert_array_equal(slab, array[:])
+    assert slab.dtype == array[:].dtype
+
+
+@pytest.mark.parametrize("region", [(slice(0, 4),), slice(0, 4), (3, slice(None)), (Ellipsis,), (), (slice(None), slice(None)),
+                                    (slice(-4, None), slice(0, 5, 2))])
+def test_any_index_zarr_takes_gives_zarrs_rows(tmp_path, region):
+    array = write(tmp_path / "s.zarr")
+    np.testing.assert_array_equal(SlabReader(array, "s.zarr")[region], array[region])
+
+
+def test_a_corrupt_chunk_is_named_whatever_the_index(tmp_path):
+    array = write(tmp_path / "s.zarr")
+    (tmp_path / "s.zarr" / "c" / "2" / "0").write_bytes(b"\x07" * 64)
+    with pytest.raises(DataError, match=r"chunk c/2/0 \(index \(2, 0\), rows 200-299\) cannot be read"):
+        SlabReader(array, "s.zarr")[(slice(None), slice(None))]

@@ -79,6 +79,9 @@ class SlabReader:
     def _error(self, region, exc: Exception) -> DataError:
         """Read the region's chunks one at a time to name the first one that fails."""
         shape = stored_chunk_shape(self.node)
+        if not (isinstance(region, tuple) and all(isinstance(s, slice) for s in region)):
+            region = tuple(slice(0, n) for n in self.shape)  # another kind of index: look at every chunk
+        region = tuple(slice(*s.indices(n)[:2]) for s, n in zip(region, self.shape))
         spans = [range(s.start // c, math.ceil(s.stop / c)) for s, c in zip(region, shape)]
         for index in itertools.product(*spans):
             window = tuple(slice(i * c, min((i + 1) * c, n)) for i, c, n in zip(index, shape, self.shape))

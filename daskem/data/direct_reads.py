@@ -3,7 +3,7 @@
 zarr decodes each chunk into a buffer of its own, then copies it into the array it returns, and
 decodes a call's chunks on a thread pool of its own, which on a worker competes with the worker's
 threads. For the common layout (chunks that span all the columns, stored as the dtype's own bytes
-plus at most one compressor that numcodecs decodes into a given buffer) ``DirectDecoder`` fetches a
+plus at most one compressor that numcodecs decodes; chunks exactly as wide as the array) ``DirectDecoder`` fetches a
 slab's chunks through the array's own store (so any store zarr opens, object stores too, their
 fetches concurrent), then decodes each one into its rows of the slab. Every other layout (sharding,
 filters, transposes, checksum codecs, column chunks, bytes of the other endianness) reads through zarr.
@@ -83,7 +83,7 @@ class DirectDecoder:
     def of(cls, node) -> "DirectDecoder | None":
         """A decoder for ``node``, or None when its layout is not the one decoded here."""
         dtype = np.dtype(node.dtype)
-        if node.ndim != 2 or node.shards or node.chunks[1] < node.shape[1] or not dtype.isnative or dtype.hasobject:
+        if node.ndim != 2 or node.shards or node.chunks[1] != node.shape[1] or not dtype.isnative or dtype.hasobject:
             return None
         direct, codec = _compressor(node)
         return cls(node, codec) if direct else None
@@ -91,11 +91,13 @@ class DirectDecoder:
     def read(self, region) -> np.ndarray | None:
         """The rows of ``region`` (row and column slices, as ``da.from_array`` asks) in a new array,
         or None when the region does not start and end on chunk boundaries or cuts the columns."""
+        if not (isinstance(region, tuple) and len(region) == 2 and all(isinstance(s, slice) for s in region)):
+            return None
         rows, columns = region
         n_rows, n_features = self.node.shape
-        if (rows.step or 1) != 1 or columns.indices(n_features) != (0, n_features, 1):
+        start, stop, step = rows.indices(n_rows)
+        if step != 1 or columns.indices(n_features) != (0, n_features, 1):
             return None
-        start, stop, _ = rows.indices(n_rows)
         if start % self.rows or (stop % self.rows and stop != n_rows) or stop <= start:
             return None
         chunks = range(start // self.rows, -(-stop // self.rows))
@@ -110,7 +112,8 @@ class DirectDecoder:
         """Decode one chunk's bytes ``raw`` (None: not in the store, the fill value) into ``rows``, its
         rows of the slab; the last chunk of an array is stored whole, and the rows past the end dropped."""
         if raw is None:
-            rows[...] = self.node.fill_value
+            fill = self.node.fill_value
+            rows[...] = 0 if fill is None else fill  # zarr v2's null fill value reads as zeros
             return
         whole = rows if rows.shape[0] == self.rows else np.empty((self.rows, rows.shape[1]), dtype=self.dtype)
         target = whole.reshape(-1).view(np.uint8)
