@@ -8,8 +8,8 @@ glibc's defaults, distributed's (``MALLOC_TRIM_THRESHOLD_=65536``, which also fi
 threshold at 128 KiB, so every large buffer is a fresh mapping) and daskem's workers'
 (``daskem/pipeline/dask_config/workers.yaml``). Prints the best of ``--repeats`` milliseconds for:
 reading the first chunk's file, decoding it into a new buffer with the array's own codecs
-(``bytes`` then one compressor), zarr reading that chunk, and zarr reading the whole array (with its
-own threads). Needs a Zarr v3 array with one compressor and no sharding, such as ``bench.py``'s.
+(``bytes`` then one compressor), zarr reading that chunk, zarr reading the whole array (with its
+own threads), and a slab of the first two chunks read by zarr and by daskem's ``SlabReader``. Needs a Zarr v3 array with one compressor and no sharding, such as ``bench.py``'s.
 """
 
 from __future__ import annotations
@@ -48,8 +48,13 @@ def measure(store: str, repeats: int) -> dict[str, float]:
             times.append(time.perf_counter() - started)
         return 1e3 * min(times)
 
+    from daskem.data.chunks import SlabReader
+
+    reader = SlabReader(array, store)  # decodes straight into the slab (daskem.data.direct_reads)
+    slab = (slice(0, min(2 * rows, array.shape[0])), slice(0, array.shape[1]))
     return {"read the chunk's file": best(read_file), "decode it into a new buffer": best(lambda: codec.decode(raw)),
-            "zarr, one chunk": best(lambda: array[:rows]), "zarr, the whole array": best(lambda: array[:])}
+            "zarr, one chunk": best(lambda: array[:rows]), "zarr, the whole array": best(lambda: array[:]),
+            "zarr, a slab of 2 chunks": best(lambda: array[slab]), "daskem, a slab of 2 chunks": best(lambda: reader[slab])}
 
 
 SETTINGS = {
