@@ -9,7 +9,8 @@ threshold at 128 KiB, so every large buffer is a fresh mapping) and daskem's wor
 (``daskem/pipeline/dask_config/workers.yaml``). Prints the best of ``--repeats`` milliseconds for:
 reading the first chunk's file, decoding it into a new buffer with the array's own codecs
 (``bytes`` then one compressor), zarr reading that chunk, zarr reading the whole array (with its
-own threads), and a slab of the first two chunks read by zarr and by daskem's ``SlabReader``. Needs a Zarr v3 array with one compressor and no sharding, such as ``bench.py``'s.
+own threads), and a slab of the first two chunks read by zarr and by daskem's ``SlabReader``.
+Needs a Zarr v3 array with one compressor and no sharding, such as ``bench.py``'s.
 """
 
 from __future__ import annotations

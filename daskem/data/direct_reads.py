@@ -2,11 +2,11 @@
 
 zarr decodes each chunk into a buffer of its own, then copies it into the array it returns, and
 decodes a call's chunks on a thread pool of its own, which on a worker competes with the worker's
-threads. For the common layout (chunks that span all the columns, stored as the dtype's own bytes
-plus at most one compressor that numcodecs decodes; chunks exactly as wide as the array) ``DirectDecoder`` fetches a
-slab's chunks through the array's own store (so any store zarr opens, object stores too, their
-fetches concurrent), then decodes each one into its rows of the slab. Every other layout (sharding,
-filters, transposes, checksum codecs, column chunks, bytes of the other endianness) reads through zarr.
+threads. For the common layout (chunks exactly as wide as the array, stored as the dtype's own
+bytes plus at most one compressor that numcodecs decodes) ``DirectDecoder`` fetches a slab's chunks
+through the array's own store (so any store zarr opens, object stores too, their fetches
+concurrent), then decodes each one into its rows of the slab. Every other layout (sharding, filters,
+transposes, checksum codecs, column chunks, bytes of the other endianness) reads through zarr.
 """
 
 from __future__ import annotations
