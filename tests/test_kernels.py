@@ -94,7 +94,6 @@ def test_gmm_predictions_match_scikit_learn(cov, X):
 @COVARIANCES
 def test_all_per_row_outputs_come_from_one_e_step_per_tile_and_equal_each_alone(cov, X, monkeypatch):
     from daskem.kernels import mixture
-    from daskem.kernels.tiles import TILE_ROWS
 
     params = parameters(fitted_sklearn_model(cov, X))
     alone = {name: row_outputs(X, params, cov, [name])[name] for name in mixture.ROW_OUTPUTS}
@@ -103,7 +102,7 @@ def test_all_per_row_outputs_come_from_one_e_step_per_tile_and_equal_each_alone(
     monkeypatch.setattr(mixture.PreparedMixture, "weighted_log_prob",
                         lambda self, rows: calls.append(rows.n_rows) or original(self, rows))
     together = row_outputs(X, params, cov, ["log_density", "responsibilities"])
-    assert len(calls) == -(-len(X) // TILE_ROWS)  # one E-step per tile for both outputs
+    assert len(calls) == -(-len(X) // cov.tile_rows(*params.means.shape))  # one E-step per tile for both outputs
     for name in ("log_density", "responsibilities"):
         np.testing.assert_array_equal(together[name], alone[name])
     labels_and_rest = row_outputs(X, params, cov, mixture.ROW_OUTPUTS)
@@ -266,3 +265,53 @@ def test_packed_outer_products_are_the_upper_triangles_in_packed_order(n_rows, n
     rows, columns = packed_indices(n_features)
     expected = (values[:, :, None] * values[:, None, :])[:, rows, columns].T
     np.testing.assert_array_equal(CentredRows(values.copy()).packed_outer, expected)
+
+
+@COVARIANCES
+@pytest.mark.parametrize("n_components,n_features", [(1, 1), (3, 4), (16, 32), (64, 32), (16, 64), (256, 32), (16, 128)])
+def test_tiles_keep_every_product_under_the_small_gemm_bound_unless_that_leaves_too_few_rows(cov, n_components, n_features):
+    from daskem.kernels import tiles
+
+    rows = cov.tile_rows(n_components, n_features)
+    width = cov.widest_product(n_components, n_features)
+    assert 1 <= rows <= tiles.TILE_ROWS
+    assert rows <= tiles.tile_rows(n_components, cov.tile_columns(n_features))  # never larger than without the bound
+    if tiles.SMALL_PRODUCT // width >= tiles.FEWEST_SMALL_PRODUCT_ROWS:
+        assert rows * width <= tiles.SMALL_PRODUCT
+        assert rows >= tiles.FEWEST_SMALL_PRODUCT_ROWS
+    else:
+        assert rows == tiles.tile_rows(n_components, cov.tile_columns(n_features))
+
+
+@COVARIANCES
+@pytest.mark.parametrize("tile", [1, 7, 64])
+def test_slab_statistics_and_outputs_do_not_depend_on_how_the_slab_is_cut_into_tiles(cov, tile, X, monkeypatch):
+    from daskem.kernels import tiles
+
+    model = fitted_sklearn_model(cov, X)
+    whole = gmm_chunk_stats(X, parameters(model), cov)
+    whole_outputs = row_outputs(X, parameters(model), cov, ["labels", "responsibilities", "log_density"])
+    monkeypatch.setattr(tiles, "TILE_ROWS", tile)  # a last tile shorter than the others, for 7 and 64
+    cut = gmm_chunk_stats(X, parameters(model), cov)
+    assert cov.tile_rows(K, D) == tile
+    for field in ("nk", "s1", "s2", "objective"):
+        np.testing.assert_allclose(getattr(cut, field), getattr(whole, field), **TOL)
+    cut_outputs = row_outputs(X, parameters(model), cov, ["labels", "responsibilities", "log_density"])
+    np.testing.assert_array_equal(cut_outputs["labels"], whole_outputs["labels"])
+    for name in ("responsibilities", "log_density"):
+        np.testing.assert_allclose(cut_outputs[name], whole_outputs[name], **TOL)
+
+
+def test_a_workspace_gives_each_shape_asked_for_and_reuses_one_buffer_per_name():
+    from daskem.kernels.tiles import Workspace
+
+    workspace = Workspace()
+    first = workspace.take("buffer", (8, 3))
+    assert first.shape == (8, 3) and workspace.take("buffer", (8, 3)) is first
+    last = workspace.take("buffer", (5, 3))  # a slab's last, shorter tile
+    assert last.shape == (5, 3) and np.shares_memory(last, first)
+    grown = workspace.take("buffer", (9, 3))
+    assert grown.shape == (9, 3) and workspace.take("buffer", (2, 3)).shape == (2, 3)
+    assert workspace.take("other", (8, 3)).shape == (8, 3) and not np.shares_memory(workspace.take("other", (8, 3)), grown)
+    np.testing.assert_array_equal(workspace.ones(4), np.ones(4))
+    assert workspace.ones(3).shape == (3,) and workspace.ones(6).shape == (6,)

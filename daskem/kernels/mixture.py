@@ -17,7 +17,7 @@ import scipy.sparse
 from daskem.kernels.covariance.base import CovarianceType
 from daskem.kernels.params import GMMParams
 from daskem.kernels.stats import SuffStats
-from daskem.kernels.tiles import CentredRows, tile_rows, tiles
+from daskem.kernels.tiles import CentredRows, tiles
 
 # The per-row outputs ``row_outputs`` can compute, all from one E-step per tile.
 ROW_OUTPUTS = ("labels", "responsibilities", "log_density")
@@ -45,9 +45,9 @@ class PreparedMixture:
         return cls(cov, reference, means - reference, terms, log_det + log_weights)
 
     def tiles(self, X: np.ndarray) -> Iterator[tuple[int, CentredRows]]:
-        """``(offset, rows)`` over the slab, in tiles sized by ``tile_rows`` for K and this type's widest temporary."""
-        n_components, n_features = self.centred_means.shape
-        return tiles(X, self.reference, tile_rows(n_components, self.cov.tile_columns(n_features)))
+        """``(offset, rows)`` over the slab, in tiles sized by ``tile_rows`` for K and this type's widest
+        temporary and product."""
+        return tiles(X, self.reference, self.cov.tile_rows(*self.centred_means.shape))
 
     def weighted_log_prob(self, rows: CentredRows) -> np.ndarray:
         """(n, K) log N(x_i; mu_k, Sigma_k) + log w_k, in a work buffer of ``rows``."""
@@ -116,12 +116,12 @@ class SlabSums:
         given); the objective sums ``per_row_objective`` (n,) with the same weights."""
         if weights is None:
             self.n_samples += rows.n_rows
-            self.objective += float(np.sum(per_row_objective))
+            self.objective += float(per_row_objective.sum())
         else:
             resp *= weights[:, None]
             self.n_samples += float(weights.sum())
             self.objective += float(np.dot(per_row_objective, weights))
-        self.nk += np.ones(rows.n_rows) @ resp  # a matrix-vector product: 4x faster than resp.sum(axis=0)
+        self.nk += rows.ones(rows.n_rows) @ resp  # a matrix-vector product: 4x faster than resp.sum(axis=0)
         self._add_moments(rows, resp)
 
     def add_nearest(self, rows: CentredRows, labels: np.ndarray, partial_distances: np.ndarray,
@@ -169,7 +169,7 @@ def resp_chunk_stats(X: np.ndarray, resp: np.ndarray, shift: np.ndarray, cov: Co
     shift = np.asarray(shift, dtype=np.float64)
     reference = shift.mean(axis=0)
     sums = SlabSums(cov, shift - reference)
-    for start, rows in tiles(X, reference, tile_rows(shift.shape[0], cov.tile_columns(shift.shape[1]))):
+    for start, rows in tiles(X, reference, cov.tile_rows(*shift.shape)):
         tile_resp = np.array(resp[start : start + rows.n_rows], dtype=np.float64)
         sums.add(rows, tile_resp, np.zeros(rows.n_rows), tile_weights(weights, start, rows))
     return sums.stats()

@@ -9,6 +9,7 @@ what one Dask task reads; a tile is the piece of it that one kernel step holds i
 
 from __future__ import annotations
 
+import math
 from functools import cached_property
 from typing import Iterator
 
@@ -25,6 +26,12 @@ TILE_ROWS = 2048
 TILE_ELEMENTS = 2**18
 # Rows per tile at least when the width of a covariance type's temporaries sets them (see tile_rows).
 FEWEST_TILE_ROWS = 512
+# OpenBLAS, the BLAS of NumPy's wheels, multiplies matrices whose M N K is at most 100^3 by kernels
+# that skip packing them (on AVX-512 x86): a tile's skinny products then run 1.7-2.2x faster, measured
+# at D = 32 and 64, K = 16 and 64. A tile is cut to keep its widest product under that bound, unless
+# that would leave it fewer than FEWEST_SMALL_PRODUCT_ROWS rows, where per-tile costs eat the gain.
+SMALL_PRODUCT = 100**3
+FEWEST_SMALL_PRODUCT_ROWS = 256
 
 
 def packed_indices(n_features: int) -> tuple[np.ndarray, np.ndarray]:
@@ -44,14 +51,31 @@ class Workspace:
 
     def __init__(self):
         self._buffers: dict[str, np.ndarray] = {}
+        self._views: dict[str, tuple[tuple[int, ...], np.ndarray]] = {}
 
     def take(self, name: str, shape: tuple[int, ...]) -> np.ndarray:
-        """An uninitialized C-contiguous float64 array of ``shape``, reusing the buffer ``name``."""
-        size = int(np.prod(shape))
+        """An uninitialized C-contiguous float64 array of ``shape``, reusing the buffer ``name``.
+
+        Every tile but a slab's last asks for the same shapes, so the last view of each buffer is kept:
+        a tile then pays a dictionary lookup per buffer, not a reshape (a few microseconds each)."""
+        shape = tuple(shape)
+        last = self._views.get(name)
+        if last is not None and last[0] == shape:
+            return last[1]
+        size = math.prod(shape)
         buffer = self._buffers.get(name)
         if buffer is None or buffer.size < size:
             buffer = self._buffers[name] = np.empty(size)
-        return buffer[:size].reshape(shape)
+        view = buffer[:size].reshape(shape)
+        self._views[name] = (shape, view)
+        return view
+
+    def ones(self, n: int) -> np.ndarray:
+        """(n,) ones, made once per slab: row sums as matrix-vector products allocate nothing per tile."""
+        ones = self._buffers.get("ones")
+        if ones is None or ones.size < n:
+            ones = self._buffers["ones"] = np.ones(n)
+        return ones[:n]
 
 
 class CentredRows:
@@ -75,6 +99,10 @@ class CentredRows:
     def take(self, name: str, shape: tuple[int, ...]) -> np.ndarray:
         """A work buffer for this tile (see ``Workspace``)."""
         return self.workspace.take(name, shape)
+
+    def ones(self, n: int) -> np.ndarray:
+        """(n,) ones (see ``Workspace.ones``)."""
+        return self.workspace.ones(n)
 
     @cached_property
     def squares(self) -> np.ndarray:
@@ -115,13 +143,19 @@ def _pair_products(transposed, packed) -> None:
             pair += 1
 
 
-def tile_rows(n_columns: int, row_floats: int = 0) -> int:
-    """Rows per tile when each row meets ``n_columns`` centres or components and the tile holds a
-    temporary of ``row_floats`` floats per row (a covariance type's ``tile_columns``). The second
-    shrinks the tile no further than ``FEWEST_TILE_ROWS``: full covariances at D = 32 run fastest at
-    about 512 rows (their packed products then stay in cache), and at D = 128 slower below that."""
+def tile_rows(n_columns: int, row_floats: int = 0, product_width: int = 0) -> int:
+    """Rows per tile when each row meets ``n_columns`` centres or components, the tile holds a
+    temporary of ``row_floats`` floats per row (a covariance type's ``tile_columns``) and its widest
+    GEMM is (rows x ``product_width``) in M N K (a type's ``widest_product``). The second shrinks the
+    tile no further than ``FEWEST_TILE_ROWS``: full covariances at D = 32 run fastest at about 512 rows
+    (their packed products then stay in cache), and at D = 128 slower below that. The third keeps the
+    products under ``SMALL_PRODUCT`` where that leaves at least ``FEWEST_SMALL_PRODUCT_ROWS`` rows."""
     rows = max(1, min(TILE_ROWS, TILE_ELEMENTS // max(1, n_columns)))
-    return min(rows, max(FEWEST_TILE_ROWS, TILE_ELEMENTS // row_floats)) if row_floats else rows
+    if row_floats:
+        rows = min(rows, max(FEWEST_TILE_ROWS, TILE_ELEMENTS // row_floats))
+    if product_width and SMALL_PRODUCT // product_width >= FEWEST_SMALL_PRODUCT_ROWS:
+        rows = min(rows, SMALL_PRODUCT // product_width)
+    return rows
 
 
 def tiles(X: np.ndarray, reference: np.ndarray, n_rows: int = TILE_ROWS) -> Iterator[tuple[int, CentredRows]]:

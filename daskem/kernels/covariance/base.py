@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from daskem.errors import FitError
-from daskem.kernels.tiles import CentredRows
+from daskem.kernels.tiles import CentredRows, tile_rows
 
 LOG_2PI = math.log(2.0 * math.pi)
 
@@ -60,6 +60,15 @@ class CovarianceType(ABC):
         """Floats per row in this type's widest per-tile temporary, from which ``tile_rows`` sizes
         the tiles: D here (squares, whitened rows); the packed outer products of ``full`` are wider."""
         return n_features
+
+    def widest_product(self, n_components: int, n_features: int) -> int:
+        """N K of the widest GEMM a tile makes, its M being the tile's rows (see ``tile_rows``): here
+        the weighted sums ``resp.T @ y`` and the variance types' E-step products, K x D."""
+        return n_components * n_features
+
+    def tile_rows(self, n_components: int, n_features: int) -> int:
+        """Rows per tile of this type's kernels at K components and D features (see ``tile_rows``)."""
+        return tile_rows(n_components, self.tile_columns(n_features), self.widest_product(n_components, n_features))
 
     @abstractmethod
     def weighted_products(self, rows: CentredRows, resp: np.ndarray) -> np.ndarray:
