@@ -81,7 +81,7 @@ def mixture_steps(X, params, cov) -> Steps:
         weighted = prepared.weighted_log_prob(rows)
         steps.mark("log densities (GEMMs + elementwise)")
         scratch = rows.take("logsumexp", weighted.shape)
-        log_norm = mixture.logsumexp_rows(weighted, scratch, rows.take("transposed_scores", weighted.shape[::-1]))
+        log_norm = mixture.logsumexp_rows(weighted, scratch)
         steps.mark("log-sum-exp and responsibilities")
         sums.add(rows, scratch, log_norm)
         steps.mark("M-step sums (GEMMs)")
