@@ -87,7 +87,7 @@ PER_TYPE = {"covariances_shape", "n_parameters", "_pool", "_expand", "_describe"
 
 
 @pytest.mark.parametrize("kind, own", [
-    (MatrixCovariance, PER_TYPE | {"weighted_products", "density_terms", "squared_mahalanobis"}),
+    (MatrixCovariance, PER_TYPE | {"weighted_products", "density_terms", "distance_parts"}),
     (VarianceCovariance, PER_TYPE),
 ], ids=["matrix", "variance"])
 def test_a_new_type_of_each_kind_must_define_exactly_its_per_type_methods(kind, own):

@@ -315,3 +315,24 @@ def test_a_workspace_gives_each_shape_asked_for_and_reuses_one_buffer_per_name()
     assert workspace.take("other", (8, 3)).shape == (8, 3) and not np.shares_memory(workspace.take("other", (8, 3)), grown)
     np.testing.assert_array_equal(workspace.ones(4), np.ones(4))
     assert workspace.ones(3).shape == (3,) and workspace.ones(6).shape == (6,)
+
+
+@pytest.mark.parametrize("n_components", [1, 2, 16, 37])
+def test_logsumexp_rows_and_responsibilities_match_scipy_with_rows_of_minus_infinity(n_components):
+    from daskem.kernels.mixture import logsumexp_rows
+
+    rng = np.random.default_rng(n_components)
+    values = rng.normal(size=(301, n_components)) * 40 - 700  # exp underflows without the shift
+    values[5] = -np.inf  # no component can have the row: -inf, not NaN
+    values[7, : max(1, n_components // 2)] = -np.inf  # components of zero weight
+    values[9] = 3.0  # a tie across the row
+    scratch = np.empty_like(values)
+    log_norm = logsumexp_rows(values, scratch)
+    with np.errstate(invalid="ignore"):
+        expected = logsumexp(values, axis=1)
+    np.testing.assert_allclose(log_norm, expected, rtol=1e-14)
+    assert log_norm[5] == -np.inf
+    finite = np.isfinite(expected)
+    np.testing.assert_allclose(scratch[finite], np.exp(values[finite] - expected[finite, None]), rtol=1e-12, atol=1e-300)
+    np.testing.assert_allclose(scratch[finite].sum(axis=1), 1.0, rtol=1e-14)
+    assert logsumexp_rows(np.empty((0, n_components))).shape == (0,)

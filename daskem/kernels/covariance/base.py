@@ -12,11 +12,12 @@ from __future__ import annotations
 
 import math
 from abc import ABC, abstractmethod
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
 from daskem.errors import FitError
+from daskem.kernels.compiled import compiled
 from daskem.kernels.tiles import CentredRows, tile_rows
 
 LOG_2PI = math.log(2.0 * math.pi)
@@ -77,11 +78,12 @@ class CovarianceType(ABC):
 
     @abstractmethod
     def density_terms(self, centred_means: np.ndarray, precisions_cholesky: np.ndarray) -> Any:
-        """Whatever ``squared_mahalanobis`` needs, computed once per slab from the parameters."""
+        """Whatever ``distance_parts`` needs, computed once per slab from the parameters."""
 
     @abstractmethod
-    def squared_mahalanobis(self, rows: CentredRows, terms: Any) -> np.ndarray:
-        """(n, K) squared Mahalanobis distances of centred rows to the centred means."""
+    def distance_parts(self, rows: CentredRows, terms: Any) -> "DistanceParts":
+        """The products whose sum is the (n, K) squared Mahalanobis distances of centred rows to the
+        centred means (see ``DistanceParts``), in work buffers of ``rows``."""
 
     # ----- implemented once per kind (matrix or variance) ----------------------------------
 
@@ -187,11 +189,11 @@ class CovarianceType(ABC):
     def log_gaussian(self, rows: CentredRows, terms: Any, log_det: np.ndarray) -> np.ndarray:
         """(n, K) log N(x_i; mu_k, Sigma_k) from prepared terms and log-determinants (plus anything
         added to them, such as log-weights); the result lives in a work buffer of ``rows``."""
-        n_features = rows.values.shape[1]
-        log_density = self.squared_mahalanobis(rows, terms)  # a work buffer of ``rows``: scaled in place
-        log_density *= -0.5
-        log_density += log_det - 0.5 * n_features * LOG_2PI
-        return log_density
+        parts = self.distance_parts(rows, terms)
+        offsets = np.empty(parts.cross.shape[1])
+        offsets[:] = log_det - 0.5 * rows.values.shape[1] * LOG_2PI
+        _log_density(parts.quadratic, parts.row_terms, parts.column_weights, parts.cross, parts.constant, offsets)
+        return parts.cross
 
     def sample(
         self, rng: np.random.Generator, means: np.ndarray, covariances: np.ndarray, counts: np.ndarray
@@ -254,6 +256,34 @@ class CovarianceType(ABC):
             f"{what} is not {self._requirement} ({detail}; it has collapsed onto too few distinct rows): "
             f"{fix}, reduce n_components, or standardize the features"
         )
+
+
+class DistanceParts(NamedTuple):
+    """Squared Mahalanobis distances in parts: ``cross + constant`` plus a full (n, K) ``quadratic``
+    and/or a rank-one ``row_terms`` (n,) times ``column_weights`` (K,) (squared norms weighed by each
+    component's precision: no (n, K) array is built for them). One compiled sweep adds the parts and
+    makes them log-densities, where NumPy made five passes over the (n, K) array."""
+
+    quadratic: np.ndarray | None
+    row_terms: np.ndarray | None
+    column_weights: np.ndarray | None
+    cross: np.ndarray
+    constant: np.ndarray
+
+
+@compiled
+def _log_density(quadratic, row_terms, column_weights, cross, constant, offsets) -> None:
+    """``cross[i, k] = offsets[k] - max(d_ik, 0) / 2`` in place, ``d_ik`` the sum of the parts (a
+    distance that rounding made negative counts as 0)."""
+    n_rows, n_components = cross.shape
+    for i in range(n_rows):
+        for k in range(n_components):
+            distance = cross[i, k] + constant[k]
+            if quadratic is not None:
+                distance += quadratic[i, k]
+            if row_terms is not None:
+                distance += row_terms[i] * column_weights[k]
+            cross[i, k] = offsets[k] - 0.5 * max(distance, 0.0)
 
 
 def _per_component(nk: np.ndarray, like: np.ndarray) -> np.ndarray:

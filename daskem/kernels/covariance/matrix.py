@@ -6,7 +6,7 @@ import numpy as np
 import scipy.linalg
 
 from daskem.errors import FitError
-from daskem.kernels.covariance.base import CovarianceType
+from daskem.kernels.covariance.base import CovarianceType, DistanceParts
 from daskem.kernels.tiles import pack_symmetric, unpack_symmetric
 
 
@@ -135,15 +135,14 @@ class FullCovariance(MatrixCovariance):
         quadratic = np.ascontiguousarray(pack_symmetric(precisions).T)
         return quadratic, np.ascontiguousarray(-2.0 * linear.T), np.einsum("kd,kd->k", linear, centred_means)
 
-    def squared_mahalanobis(self, rows, terms):
+    def distance_parts(self, rows, terms):
         """``y^T Lambda_k y - 2 y^T Lambda_k m_k + m_k^T Lambda_k m_k``: one GEMM over packed outer products."""
         quadratic, minus_twice_linear, constant = terms
         n_components = quadratic.shape[0]
         # (K x P) @ (P x n) then transposed: twice as fast as (n x P) @ (P x K) for these shapes
         distances = np.matmul(quadratic, rows.packed_outer, out=rows.take("distances", (n_components, rows.n_rows))).T
-        distances += np.matmul(rows.values, minus_twice_linear, out=rows.take("cross", (rows.n_rows, n_components)))
-        distances += constant
-        return np.maximum(distances, 0.0, out=distances)
+        cross = np.matmul(rows.values, minus_twice_linear, out=rows.take("cross", (rows.n_rows, n_components)))
+        return DistanceParts(distances, None, None, cross, constant)
 
 
 class TiedCovariance(MatrixCovariance):
@@ -181,12 +180,11 @@ class TiedCovariance(MatrixCovariance):
         return (np.ascontiguousarray(precisions_cholesky), np.ascontiguousarray(-2.0 * whitened_means.T),
                 np.einsum("kd,kd->k", whitened_means, whitened_means))
 
-    def squared_mahalanobis(self, rows, terms):
+    def distance_parts(self, rows, terms):
         """``||y P||^2 - 2 (y P).(m_k P) + ||m_k P||^2``: whiten the rows once for all components."""
         factor, minus_twice_whitened_means, whitened_norms = terms
         whitened = np.matmul(rows.values, factor, out=rows.take("whitened", rows.values.shape))
-        distances = np.matmul(whitened, minus_twice_whitened_means,
-                              out=rows.take("distances", (rows.n_rows, minus_twice_whitened_means.shape[1])))
-        distances += np.einsum("nd,nd->n", whitened, whitened)[:, None]
-        distances += whitened_norms
-        return np.maximum(distances, 0.0, out=distances)
+        cross = np.matmul(whitened, minus_twice_whitened_means,
+                          out=rows.take("distances", (rows.n_rows, minus_twice_whitened_means.shape[1])))
+        squared_norms = np.einsum("nd,nd->n", whitened, whitened)
+        return DistanceParts(None, squared_norms, rows.ones(cross.shape[1]), cross, whitened_norms)

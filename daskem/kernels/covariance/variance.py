@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from daskem.errors import FitError
-from daskem.kernels.covariance.base import CovarianceType, first_index
+from daskem.kernels.covariance.base import CovarianceType, DistanceParts, first_index
 
 
 class VarianceCovariance(CovarianceType):
@@ -40,14 +40,18 @@ class VarianceCovariance(CovarianceType):
         return (np.ascontiguousarray(self._square_weights(precisions).T), np.ascontiguousarray(-2.0 * weighted_means.T),
                 np.sum(centred_means * weighted_means, axis=1))
 
-    def squared_mahalanobis(self, rows, terms):
-        """(n, K) ``sum_d p_kd (y_d - m_kd)^2`` as GEMMs; accurate because the inputs are centred."""
+    def distance_parts(self, rows, terms):
+        """``sum_d p_kd (y_d - m_kd)^2`` as GEMMs; accurate because the inputs are centred."""
         square_weights, minus_twice_weighted_means, constant = terms
         shape = (rows.n_rows, square_weights.shape[1])
-        distances = np.matmul(self._squares(rows), square_weights, out=rows.take("distances", shape))
-        distances += np.matmul(rows.values, minus_twice_weighted_means, out=rows.take("cross", shape))
-        distances += constant
-        return np.maximum(distances, 0.0, out=distances)
+        cross = np.matmul(rows.values, minus_twice_weighted_means, out=rows.take("cross", shape))
+        return DistanceParts(*self._weighed_squares(rows, square_weights), cross, constant)
+
+    def _weighed_squares(self, rows, square_weights):
+        """``(quadratic, row_terms, column_weights)`` of ``DistanceParts``: the squares weighed by the
+        (W, K) ``square_weights``, one GEMM (W = D); a type with W = 1 weighs the norms as a rank one."""
+        quadratic = np.matmul(self._squares(rows), square_weights, out=rows.take("distances", (rows.n_rows, square_weights.shape[1])))
+        return quadratic, None, None
 
     def _regularize(self, covariances, reg_covar):
         return covariances + reg_covar
@@ -132,3 +136,6 @@ class SphericalCovariance(VarianceCovariance):
 
     def _square_weights(self, precisions):
         return precisions[:, :1]  # the same for every feature
+
+    def _weighed_squares(self, rows, square_weights):
+        return None, rows.norms, np.ascontiguousarray(square_weights[0])
