@@ -336,3 +336,14 @@ def test_logsumexp_rows_and_responsibilities_match_scipy_with_rows_of_minus_infi
     np.testing.assert_allclose(scratch[finite], np.exp(values[finite] - expected[finite, None]), rtol=1e-12, atol=1e-300)
     np.testing.assert_allclose(scratch[finite].sum(axis=1), 1.0, rtol=1e-14)
     assert logsumexp_rows(np.empty((0, n_components))).shape == (0,)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64, np.float16])
+def test_centred_rows_and_their_norms_are_those_of_numpy_for_every_dtype(dtype):
+    X = (np.random.default_rng(3).normal(size=(301, 9)) * 5 + 1e3).astype(dtype)
+    reference = X.astype(np.float64).mean(axis=0) + 0.25
+    rows = CentredRows.of(X, reference)
+    expected = X.astype(np.float64) - reference
+    np.testing.assert_array_equal(rows.values, expected)
+    np.testing.assert_allclose(rows.norms, np.einsum("nd,nd->n", expected, expected), rtol=1e-13)
+    assert CentredRows.of(X[:0], reference).norms.shape == (0,)
