@@ -7,11 +7,9 @@ from functools import partial
 from numbers import Integral, Real
 
 import numpy as np
-from scipy.special import logsumexp
 from sklearn.base import BaseEstimator, DensityMixin
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.utils._param_validation import Interval
-from sklearn.exceptions import NotFittedError
 from sklearn.utils.metaestimators import available_if
 from sklearn.utils.validation import check_is_fitted
 
@@ -37,7 +35,14 @@ from daskem.models.fitting import (
     weighted_params,
 )
 from daskem.models.initialization import Candidate, ExplicitStart, InitSpec
-from daskem.models.outliers import check_outlier_rule, contamination_threshold, outlier_rows
+from daskem.models.outliers import (
+    check_offset,
+    check_outlier_rule,
+    contamination_threshold,
+    has_outlier_threshold,
+    log_density_bound,
+    outlier_rows,
+)
 from daskem.models.parameters import SHARED_PARAMETER_CONSTRAINTS, Choices
 
 # ``init_params`` choices and the start each one names (see ``daskem.models.initialization``).
@@ -49,16 +54,6 @@ INIT_PARAMS = {
     "random": "random_responsibilities",
     "random_from_data": "random_rows",
 }
-
-
-def _has_outlier_threshold(model) -> bool:
-    """Whether the outlier methods exist: until a threshold is set, a ``NotFittedError`` (an
-    ``AttributeError``) with the fix, so that ``hasattr(model, "decision_function")`` is False as
-    scikit-learn's tools expect."""
-    if getattr(model, "offset_", None) is None:
-        raise NotFittedError(f"this {type(model).__name__} has no outlier threshold: call set_outlier_threshold("
-                             "X, contamination=...) or set_outlier_threshold(threshold=...)")
-    return True
 
 
 class GaussianMixture(DensityMixin, BaseEstimator):
@@ -313,27 +308,20 @@ class GaussianMixture(DensityMixin, BaseEstimator):
                 raise ValueError("contamination needs X, the rows of which that fraction is flagged")
             X = as_row_blocks(X)
             check_features(X, self.n_features_in_)
-            threshold = contamination_threshold(X, self.row_kernel(), float(contamination),
-                                                upper=self._log_density_bound(), fan_in=self.fan_in)
+            upper = log_density_bound(self._fitted(), self._family().covariance, self.n_features_in_)
+            threshold = contamination_threshold(X, self.row_kernel(), float(contamination), upper=upper,
+                                                fan_in=self.fan_in)
         self.offset_ = float(threshold)
         self.contamination_ = None if contamination is None else float(contamination)
         return self
 
-    def _log_density_bound(self) -> float:
-        """An upper bound of the log-density: ``log sum_k w_k N(mu_k; mu_k, Sigma_k)``, the mixture's
-        density if every component peaked at the same point."""
-        params = self._fitted()
-        d = self.n_features_in_
-        peaks = np.log(params.weights) + self._family().covariance.log_det_cholesky(params.precisions_cholesky, d)
-        return float(logsumexp(peaks) - 0.5 * d * np.log(2 * np.pi))
-
-    @available_if(_has_outlier_threshold)
+    @available_if(has_outlier_threshold)
     def decision_function(self, X):
         """``score_samples(X) - offset_``: negative for outliers, as in scikit-learn's outlier detectors
         (there once ``set_outlier_threshold`` has set ``offset_``)."""
         return self.score_samples(X) - self.offset_
 
-    @available_if(_has_outlier_threshold)
+    @available_if(has_outlier_threshold)
     def predict_outliers(self, X):
         """-1 for an outlier (log-density below ``offset_``), +1 otherwise: an outlier detector's ``predict``."""
         return (self.decision_function(X) >= 0) * 2 - 1
@@ -362,9 +350,7 @@ class GaussianMixture(DensityMixin, BaseEstimator):
         log_det = self._family().covariance.log_det_cholesky(self.precisions_cholesky_, d)
         if not np.all(np.isfinite(log_det)):
             raise ValueError("precisions_cholesky_ has a factor that is not positive definite")
-        offset = getattr(self, "offset_", None)
-        if offset is not None and not (isinstance(offset, float) and np.isfinite(offset)):
-            raise ValueError(f"offset_ (the outlier threshold) must be a finite number, got {offset!r}")
+        check_offset(getattr(self, "offset_", None))
 
     def sample(self, n_samples=1):
         """Draw ``n_samples`` rows from the fitted mixture; returns (X, component labels). Rows are keyed

@@ -22,6 +22,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+from scipy.special import logsumexp
+from sklearn.exceptions import NotFittedError
 
 from daskem.engine.reduction import DEFAULT_FAN_IN, map_reduce, new_run_id
 
@@ -45,6 +47,31 @@ def check_outlier_rule(contamination: float | None, threshold: float | None) -> 
         raise ValueError(f"contamination must be in (0, {CONTAMINATION_MAX}], got {contamination!r}")
     if threshold is not None and not math.isfinite(threshold):
         raise ValueError(f"threshold must be a finite log-density, got {threshold!r}")
+
+
+def check_offset(offset) -> None:
+    """A fitted model's ``offset_`` (read back from a file): None or a finite float."""
+    if offset is not None and not (isinstance(offset, float) and np.isfinite(offset)):
+        raise ValueError(f"offset_ (the outlier threshold) must be a finite number, got {offset!r}")
+
+
+def has_outlier_threshold(model) -> bool:
+    """Whether the outlier methods exist: until a threshold is set, a ``NotFittedError`` (an
+    ``AttributeError``) with the fix, so that ``hasattr(model, "decision_function")`` is False as
+    scikit-learn's tools expect."""
+    if getattr(model, "offset_", None) is None:
+        raise NotFittedError(f"this {type(model).__name__} has no outlier threshold: call set_outlier_threshold("
+                             "X, contamination=...) or set_outlier_threshold(threshold=...)")
+    return True
+
+
+def log_density_bound(params, covariance, n_features: int) -> float:
+    """An upper bound of a mixture's log-density: ``log sum_k w_k N(mu_k; mu_k, Sigma_k)``, its density
+    if every component peaked at the same point (where the first histogram's bins start)."""
+    with np.errstate(divide="ignore"):  # a zero weight adds nothing
+        log_weights = np.log(params.weights)
+    peaks = log_weights + covariance.log_det_cholesky(params.precisions_cholesky, n_features)
+    return float(logsumexp(peaks) - 0.5 * n_features * np.log(2 * np.pi))
 
 
 def outlier_rows(kernel, offset: float, rows: np.ndarray, names) -> dict[str, np.ndarray]:
