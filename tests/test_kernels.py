@@ -207,6 +207,45 @@ def test_compiled_lloyd_statistics_break_ties_to_the_lowest_index_and_read_any_l
         assert_stats_equal(hard_chunk_stats(layout, centers[:, [0, 1, 0, 1, 0, 1]]), expected)
 
 
+def _placed_near(head: np.ndarray, gap_bytes: int, shape: tuple) -> tuple[np.ndarray, np.ndarray]:
+    """``head`` copied into one buffer with an empty array of ``shape``, ``gap_bytes`` after its end
+    (or, for a negative gap, that many bytes before its start)."""
+    size, gap = int(np.prod(shape)), abs(gap_bytes) // 8
+    buffer = np.empty(head.size + gap + size)
+    head_at, work_at = (0, head.size + gap) if gap_bytes >= 0 else (size + gap, 0)
+    copy = buffer[head_at : head_at + head.size].reshape(head.shape)
+    copy[...] = head
+    return copy, buffer[work_at : work_at + size].reshape(shape)
+
+
+@pytest.mark.parametrize("n_features", [4, 7, 32])
+def test_compiled_sweeps_give_the_same_bits_wherever_their_work_buffers_lie(n_features):
+    """A work row or tile placed next to the reference (where LLVM's run-time check sends a loop that
+    stores down its scalar version) gives the bits it gives far from it (kernels.compiled)."""
+    from daskem.kernels.lloyd import lloyd_sums
+    from daskem.kernels.tiles import _centre
+
+    rng = np.random.default_rng(7)
+    X = rng.normal(size=(64, n_features)) * 3.0 + 1.0
+    reference, centres = X[:8].mean(axis=0), X[8:16] - X[:8].mean(axis=0)
+    norms = np.einsum("kd,kd->k", centres, centres)
+
+    def inertia(reference, row):
+        return lloyd_sums(X, reference, centres, norms, None, np.zeros(centres.shape), np.zeros(len(norms)), row)
+
+    far_values, far_norms = np.empty_like(X), np.empty(len(X))
+    _centre(X, reference, far_values, far_norms)
+    far_inertia = inertia(reference, np.empty(n_features))
+    for gap in range(-320, 320, 8):
+        near_reference, row = _placed_near(reference, gap, (n_features,))
+        assert inertia(near_reference, row) == far_inertia, gap
+        near_reference, values = _placed_near(reference, gap, X.shape)
+        near_norms = np.empty(len(X))
+        _centre(X, near_reference, values, near_norms)
+        np.testing.assert_array_equal(values, far_values, err_msg=f"gap {gap}")
+        np.testing.assert_array_equal(near_norms, far_norms, err_msg=f"gap {gap}")
+
+
 def test_a_loop_numba_cannot_cache_is_compiled_in_the_process_instead():
     """Where no cache directory can be written (here: a function with no source file), the loop
     still compiles and runs."""

@@ -4,6 +4,10 @@
 keep running), with the float reassociation that lets LLVM vectorize sums (NaN and infinity keep
 their meaning), and cached on disk next to the module that defines the loop, or in the user's cache
 directory where that is read-only; where neither can be written, compiled in each process.
+
+A loop that sums keeps to loads: where a loop also stores, LLVM checks at run time how far apart its
+buffers lie (a store within 256 bytes of a load takes the scalar loop) and the two versions add in
+different orders, so the bits of a sum would depend on where the allocator put a work row.
 """
 
 from __future__ import annotations

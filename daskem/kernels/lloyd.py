@@ -24,21 +24,21 @@ COMPILED_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 
 
 @compiled
-def lloyd_sums(X, reference, centred, norms, weights, sums, nk) -> float:
+def lloyd_sums(X, reference, centred, norms, weights, sums, nk, y) -> float:
     """Add each row of ``X`` to its nearest centre in ``sums`` (K, D) and ``nk`` (K,), float64 and in
     place, with ``weights`` (n,) or None; return the (weighted) sum of squared distances.
-    ``centred`` are the centres less ``reference`` and ``norms`` their squared norms."""
+    ``centred`` are the centres less ``reference``, ``norms`` their squared norms; ``y`` (D,) float64
+    is the loop's work row."""
     n_rows, n_features = X.shape
     n_components = norms.shape[0]
     by_four = n_components - n_components % 4
-    y = np.empty(n_features)
     inertia = 0.0
     for i in range(n_rows):
-        squared_norm = 0.0
         for d in range(n_features):
-            value = np.float64(X[i, d]) - reference[d]
-            y[d] = value
-            squared_norm += value * value
+            y[d] = np.float64(X[i, d]) - reference[d]
+        squared_norm = 0.0
+        for d in range(n_features):  # a sum in a loop of its own, with no store (see kernels.compiled)
+            squared_norm += y[d] * y[d]
         best, lowest = 0, np.inf
         for k in range(0, by_four, 4):  # four dot products per sweep of y: y is loaded once for them
             dot0 = dot1 = dot2 = dot3 = 0.0

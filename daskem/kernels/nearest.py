@@ -96,7 +96,8 @@ def _compiled_stats(X: np.ndarray, prepared: PreparedCenters, weights: np.ndarra
     sums, nk = np.zeros(prepared.centred.shape), np.zeros(len(prepared.norms))
     if weights is not None:
         weights = np.ascontiguousarray(weights, dtype=np.float64)
-    inertia = lloyd_sums(X, prepared.reference, prepared.centred, prepared.norms, weights, sums, nk)
+    inertia = lloyd_sums(X, prepared.reference, prepared.centred, prepared.norms, weights, sums, nk,
+                         np.empty(X.shape[1]))
     n_samples = X.shape[0] if weights is None else float(weights.sum())
     return SuffStats(n_samples, float(inertia), nk, sums - nk[:, None] * prepared.centred, None)
 

@@ -148,11 +148,11 @@ def _centre(X, reference, values, norms) -> None:
     """``values = X - reference`` in float64 and ``norms`` their squared norms, row by row."""
     n_rows, n_features = X.shape
     for i in range(n_rows):
-        total = 0.0
         for d in range(n_features):
-            value = np.float64(X[i, d]) - reference[d]
-            values[i, d] = value
-            total += value * value
+            values[i, d] = np.float64(X[i, d]) - reference[d]
+        total = 0.0
+        for d in range(n_features):  # a sum in a loop of its own, with no store (see kernels.compiled)
+            total += values[i, d] * values[i, d]
         norms[i] = total
 
 
