@@ -375,6 +375,9 @@ def test_logsumexp_rows_and_responsibilities_match_scipy_with_rows_of_minus_infi
     np.testing.assert_allclose(scratch[finite], np.exp(values[finite] - expected[finite, None]), rtol=1e-12, atol=1e-300)
     np.testing.assert_allclose(scratch[finite].sum(axis=1), 1.0, rtol=1e-14)
     assert logsumexp_rows(np.empty((0, n_components))).shape == (0,)
+    for dtype in (np.float32, np.float16, np.int64):  # summed in float64, as scipy sums them
+        narrow = (values[10:] / 100).astype(dtype)
+        np.testing.assert_allclose(logsumexp_rows(narrow), logsumexp(narrow.astype(np.float64), axis=1), rtol=1e-14)
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64, np.float16])
