@@ -229,6 +229,8 @@ def run_floor(args) -> dict:
     """One read of the store on the cluster through Dask (median of 3); the fastest decode on the
     same workers, each decoding its share with zarr alone, all at once (median of 3); each worker's
     GEMM rate."""
+    from daskem.pipeline.cluster import blas_kernels
+
     with cluster_and_store(args, cache=False) as (client, X):
         reads, decodes = [], []
         workers = sorted(client.scheduler_info()["workers"])
@@ -241,8 +243,10 @@ def run_floor(args) -> dict:
                                          pure=False) for share, worker in enumerate(workers)])
             decodes.append(time.perf_counter() - started)
         rates = list(client.run(_gemm_rate).values())
+        kernels = sorted({name for found in client.run(blas_kernels).values() for name in found})
     return {"read_seconds": float(np.median(reads)), "decode_seconds": float(np.median(decodes)),
-            "gemm_flops_per_core": float(np.median(rates)), "cores": len(rates)}
+            "gemm_flops_per_core": float(np.median(rates)), "cores": len(rates),
+            "blas_kernels": {"workers": kernels, "client": sorted(set(blas_kernels()))}}
 
 
 def run_case(args, case: str) -> dict:
@@ -286,7 +290,9 @@ def report(args, results: dict[str, dict]) -> str:
     arithmetic = classic_flops / rate
     lines = [
         f"data: {n} x {d} float64, K = {k}, {args.workers} workers x 1 thread, slab rows {args.slab_rows or 'planned'}, "
-        f"workers' malloc settings: {args.allocator}'s",
+        f"workers' malloc settings: {args.allocator}'s, OpenBLAS kernels: "
+        + "; ".join(f"{who} {'/'.join(kernels) or 'none'}" for who, kernels in floor["blas_kernels"].items())
+        + (f" (OPENBLAS_CORETYPE={os.environ['OPENBLAS_CORETYPE']})" if "OPENBLAS_CORETYPE" in os.environ else ""),
         f"floor: read the store once {floor['read_seconds']:.3f} s; full-covariance arithmetic "
         f"{classic_flops:.2e} flop at {rate / 1e9:.1f} GFLOP/s = {arithmetic:.3f} s; "
         f"floor for full/tied = {floor['read_seconds'] + arithmetic:.3f} s; zarr alone decoding each worker's "

@@ -15,6 +15,7 @@ from dask_processes import closed_port, dask_cluster
 
 from daskem.data.synthetic import make_data
 from daskem.outputs.model_files import load_model
+from daskem.pipeline.cluster import blas_kernels
 
 
 @pytest.fixture
@@ -50,6 +51,9 @@ def test_remote_cluster_gives_the_same_model_as_the_embedded_one(tmp_path, run_c
     summary = json.loads((tmp_path / "remote" / "run.json").read_text())
     assert summary["cluster"]["embedded"] is False and summary["cluster"]["n_workers"] == 2
     assert summary["cluster"]["scheduler"] == scheduler_address and summary["cluster"]["dashboard"] is None
+    # the record names the OpenBLAS kernels the workers ran (they start with this environment)
+    embedded_summary = json.loads((tmp_path / "embedded" / "run.json").read_text())
+    assert summary["cluster"]["blas_kernels"] == embedded_summary["cluster"]["blas_kernels"] == sorted(set(blas_kernels()))
     here, there = load_model(tmp_path / "embedded"), load_model(tmp_path / "remote")
     assert here.n_iter_ == there.n_iter_
     for name in ("weights_", "means_", "covariances_"):

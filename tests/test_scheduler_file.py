@@ -12,6 +12,7 @@ from conftest import write_config
 from dask_processes import closed_port, dask_cluster
 
 from daskem.data.synthetic import make_data
+from daskem.pipeline.cluster import blas_kernels
 
 FAST = {"DASK_DISTRIBUTED__COMM__TIMEOUTS__CONNECT": "1s"}  # how long a missing scheduler file is waited for
 
@@ -44,6 +45,7 @@ def test_run_and_predict_find_the_scheduler_through_its_file_and_log_its_dashboa
         summary = json.loads((tmp_path / directory / "run.json").read_text())
         assert summary["cluster"]["scheduler"] == address and summary["cluster"]["embedded"] is False
         assert summary["cluster"]["dashboard"] == link
+        assert summary["cluster"]["blas_kernels"] == sorted(set(blas_kernels()))  # the workers share this environment
 
 
 def test_a_stale_scheduler_file_is_one_line_at_once(tmp_path, in_process):

@@ -240,6 +240,8 @@ def log_dashboard(client, cluster: ClusterConfig) -> None:
 
 
 def cluster_summary(client, embedded: bool) -> dict[str, Any]:
+    """The cluster as the run record describes it; ``blas_kernels``: the OpenBLAS kernel sets the
+    workers run, since they decide the last bits of every sum."""
     workers = client.scheduler_info().get("workers", {})
     return {
         "embedded": embedded,
@@ -249,8 +251,18 @@ def cluster_summary(client, embedded: bool) -> dict[str, Any]:
         "memory_bytes": sum(w.get("memory_limit") or 0 for w in workers.values()),
         "smallest_memory_bytes": min((w.get("memory_limit") or 0 for w in workers.values()), default=0),
         "dashboard": dashboard_link(client),
+        "blas_kernels": sorted({kernels for found in client.run(blas_kernels).values() for kernels in found}),
     }
 
+
+
+def blas_kernels() -> list[str]:
+    """The kernel sets ("Haswell", "SkylakeX", ...) of the OpenBLAS libraries this process runs
+    (numpy's, scipy's): chosen by OpenBLAS from the CPU, or by ``OPENBLAS_CORETYPE``."""
+    import numpy  # noqa: F401  (loads numpy's OpenBLAS)
+    from threadpoolctl import threadpool_info
+
+    return [info.get("architecture") or "" for info in threadpool_info() if info.get("internal_api") == "openblas"]
 
 
 def tasks_per_pass(X, fan_in: int = DEFAULT_FAN_IN) -> int:
