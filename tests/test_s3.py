@@ -14,7 +14,8 @@ from conftest import write_config
 from dask_processes import closed_port
 from s3 import KEY_VARIABLE, SECRET_VARIABLE
 
-from daskem.data.stores import open_array, redacted
+from daskem.data.credentials import redacted
+from daskem.data.stores import open_array
 from daskem.data.synthetic import make_data
 from daskem.errors import DataError
 from daskem.outputs.model_files import load_model

@@ -28,10 +28,9 @@ from daskem.outputs.model_files import save_model
 from daskem.outputs.predictions import store_rows
 from daskem.outputs.records import output_format
 from daskem.outputs.staging import StagedOutput, is_daskem_output
+from daskem.data.credentials import MASK, is_secret_key, redacted, scrub
 from daskem.pipeline.config_loading import (
-    MASK,
     FromEnv,
-    is_secret_key,
     mask_document,
     parse_config,
     secret_values,
@@ -175,10 +174,15 @@ def test_predict_refuses_to_write_into_its_model_or_its_input(tmp_path, in_proce
 @pytest.mark.parametrize("key,secret", [
     ("key", True), ("secret", True), ("aws_secret_access_key", True), ("Password", True), ("session_token", True),
     ("account_key", True), ("client_secret", True), ("credentials", True), ("sas_token", True),
+    ("connection_string", True), ("passwd", True), ("auth", True), ("sas", True),
     ("endpoint_url", False), ("region_name", False), ("anon", False), ("client_kwargs", False), ("auto_mkdir", False),
 ])
 def test_secret_looking_keys(key, secret):
+    """One rule for the config's masking, the run record's options and a store's error messages."""
     assert is_secret_key(key) is secret
+    value = "v4lue-of-the-option"
+    assert redacted({"client_kwargs": {key: value}}) == {"client_kwargs": {key: MASK if secret else value}}
+    assert (value in scrub(OSError(f"refused with {value}"), {key: value})) is not secret
 
 
 def test_config_keeps_the_values_and_documents_mask_them(monkeypatch):

@@ -31,6 +31,7 @@ from daskem.data.chunks import (
     missing_chunks_message,
     stored_chunk_shape,
 )
+from daskem.data.credentials import scrub
 from daskem.data.slabs import DEFAULT_SLAB_BYTES, plan_slab_rows
 from daskem.errors import DataError
 
@@ -252,8 +253,6 @@ ACCESS_ERRORS = (
      "no filesystem for this protocol", "install it (gs://: pip install 'daskem[gcs]'; az:// or abfs://: "
      "pip install 'daskem[azure]')"),
 )
-# Option names holding credentials: their values are never printed nor written to run.json.
-SECRET_OPTION_MARKERS = ("key", "secret", "token", "password", "credential", "sas")
 
 
 def check_reachable(path: str, url: str, options: Mapping[str, Any]) -> None:
@@ -286,34 +285,6 @@ def access_problem(path: str, exc: BaseException, options: Mapping[str, Any], *,
     what, fix = next(((what, fix) for classes, what, fix in ACCESS_ERRORS if names.intersection(classes)),
                      ("cannot reach the store", "check {path_key} and {options}"))
     return f"{path}: {what} ({scrub(exc, options)}); {fix.format(options=key, path_key=path_key, verb=verb)}"
-
-
-def redacted(storage_options: Mapping[str, Any]) -> dict[str, Any]:
-    """``storage_options`` with the value of every credential (see ``SECRET_OPTION_MARKERS``) hidden."""
-    return {name: "***" if _is_secret(name) else redacted(value) if isinstance(value, Mapping) else value
-            for name, value in storage_options.items()}
-
-
-def _is_secret(name: str) -> bool:
-    return any(marker in str(name).lower() for marker in SECRET_OPTION_MARKERS)
-
-
-def scrub(exc: BaseException, options: Mapping[str, Any]) -> str:
-    """``exc`` as one line of text, every credential of ``options`` replaced by ``***``."""
-    text = " ".join(f"{type(exc).__name__}: {exc}".split())
-    secrets: list[str] = []
-
-    def collect(mapping: Mapping[str, Any]) -> None:
-        for name, value in mapping.items():
-            if isinstance(value, Mapping):
-                collect(value)
-            elif _is_secret(name) and isinstance(value, str) and value:
-                secrets.append(value)
-
-    collect(options)
-    for secret in sorted(secrets, key=len, reverse=True):
-        text = text.replace(secret, "***")
-    return text
 
 
 def _merged(defaults: Mapping[str, Any], options: Mapping[str, Any]) -> dict[str, Any]:

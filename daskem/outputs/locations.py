@@ -24,7 +24,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Mapping
 
-from daskem.data.stores import access_problem, reach, scrub
+from daskem.data.credentials import scrub
+from daskem.data.stores import access_problem, reach
 from daskem.errors import OutputError
 from daskem.outputs.records import OUTPUT_FORMAT, output_format, write_json
 from daskem.outputs.staging import FIX, StagedOutput, _alive, _host, _owner, local_path

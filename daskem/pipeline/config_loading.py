@@ -1,7 +1,7 @@
 """Reading a YAML config: --set overrides, ${ENV} expansion, validation errors as one line per key,
 and the masking of its secrets.
 
-Storage options under a secret-looking key (``SECRET_WORDS``), storage options expanded from an
+Storage options under a secret-looking key (``data.credentials``), storage options expanded from an
 environment variable (kept as ``FromEnv`` strings) and passwords in URLs are secrets: the config
 keeps their real values, since they open the store, but ``mask_document`` hides them in what
 daskem writes (run.json, model.json) and ``masking_secrets`` in its log lines and error messages.
@@ -25,15 +25,11 @@ from pydantic import (
     ValidationError,
 )
 
+from daskem.data.credentials import MASK, is_secret_key
 from daskem.errors import ConfigError, DaskemUserError
 from daskem.pipeline.config import DaskemConfig
 
 _ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-(.*?))?\}")
-MASK = "***"
-# A storage option is a secret when its key holds one of these words (case-insensitive), e.g.
-# aws_secret_access_key, key, session_token, account_key, client_secret; endpoint_url, region_name,
-# anon or client_kwargs are not (though a password in a URL is, and so is any value from ${VAR}).
-SECRET_WORDS = ("secret", "password", "passwd", "token", "key", "credential", "auth", "connection_string")
 _URL_PASSWORD = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*://[^/@:\s]*:)([^/@\s]+)(@)")
 # Secrets shorter than this are masked where they are whole values, not inside longer text.
 _MIN_MASKED_SUBSTRING = 4
@@ -227,12 +223,6 @@ def _model_of(annotation: Any) -> type[BaseModel] | None:
 
 
 # ----------------------------------------------------------------------------- secrets
-
-
-def is_secret_key(key: Any) -> bool:
-    """Whether a storage option's key names a secret (see ``SECRET_WORDS``)."""
-    lowered = str(key).lower()
-    return any(word in lowered for word in SECRET_WORDS)
 
 
 def secret_values(config) -> frozenset[str]:

@@ -23,7 +23,8 @@ from datetime import datetime, timezone
 from typing import Any, Iterator
 
 from daskem.data.checks import check_enough_rows
-from daskem.data.stores import DataSource, check_chunks, open_data, open_weights, redacted
+from daskem.data.credentials import redacted
+from daskem.data.stores import DataSource, check_chunks, open_data, open_weights
 from daskem.engine.reduction import DEFAULT_FAN_IN, counting_passes, pass_count, step
 from daskem.errors import ConfigError, DaskemUserError, DataError, OutputError
 from daskem.models.fitting import checked_weights
