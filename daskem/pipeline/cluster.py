@@ -18,7 +18,7 @@ from typing import Any, Iterator
 
 from daskem.data.slabs import slab_bytes_for_cluster
 from daskem.data.stores import DataSource, open_data
-from daskem.engine.reduction import DEFAULT_FAN_IN, reduction_graph
+from daskem.engine.reduction import DEFAULT_FAN_IN, SCHEDULER_ANSWER_SECONDS, reduction_graph
 from daskem.errors import DaskemUserError
 from daskem.pipeline import worker_settings
 from daskem.pipeline.config import (
@@ -251,9 +251,20 @@ def cluster_summary(client, embedded: bool) -> dict[str, Any]:
         "memory_bytes": sum(w.get("memory_limit") or 0 for w in workers.values()),
         "smallest_memory_bytes": min((w.get("memory_limit") or 0 for w in workers.values()), default=0),
         "dashboard": dashboard_link(client),
-        "blas_kernels": sorted({kernels for found in client.run(blas_kernels).values() for kernels in found}),
+        "blas_kernels": _workers_blas_kernels(client),
     }
 
+
+
+def _workers_blas_kernels(client) -> list[str]:
+    """The kernel sets of ``blas_kernels`` on the workers, for the record only: a worker that is gone
+    or does not answer within ``SCHEDULER_ANSWER_SECONDS`` is left out, and the run goes on."""
+    try:
+        found = client.run(blas_kernels, on_error="ignore", callback_timeout=SCHEDULER_ANSWER_SECONDS)
+    except (OSError, TimeoutError) as exc:  # the scheduler itself gone or silent: the passes will report it
+        logger.debug("cluster: could not ask the workers for their BLAS kernels: %s", exc)
+        return []
+    return sorted({kernels for answer in found.values() for kernels in answer})
 
 
 def blas_kernels() -> list[str]:
