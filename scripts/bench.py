@@ -10,7 +10,8 @@ cluster, streamed and persisted. It also measures the floor: one read of the sto
 E-step/M-step arithmetic at the GEMM rate measured on a worker. Each case runs in a child process
 so its peak memory is its own. Per-iteration times are steady-state: daskem's median iteration,
 and for the others (time of n iterations - time of 1) / (n - 1), so set-up and final passes do
-not count against anyone.
+not count against anyone. ``--rounds N`` runs every case N times, all cases in turn each round, and
+reports each case's median round, so a drift of the machine's speed weighs on every case alike.
 """
 
 from __future__ import annotations
@@ -275,6 +276,18 @@ def all_cases() -> list[str]:
 
 
 # ---------------------------------------------------------------------------------- report
+def median_round(found: list[dict], key: str) -> dict:
+    """The round whose ``key`` is the median of the rounds (the lower middle one of an even count),
+    with every round's ``key`` in ``rounds``; a floor keeps its median read and decode each."""
+    ordered = sorted(found, key=lambda result: result[key])
+    chosen = dict(ordered[(len(ordered) - 1) // 2])
+    chosen["rounds"] = [result[key] for result in found]
+    if key == "decode_seconds":
+        for name in ("read_seconds", "decode_seconds"):
+            chosen[name] = float(np.median([result[name] for result in found]))
+    return chosen
+
+
 def fastest_decode(floor: dict) -> float:
     """The store decoded once the fastest way measured: through Dask's per-slab tasks, as a pass reads
     it, or by zarr alone reading each worker's share in one call (faster under distributed's own
@@ -290,7 +303,9 @@ def report(args, results: dict[str, dict]) -> str:
     arithmetic = classic_flops / rate
     lines = [
         f"data: {n} x {d} float64, K = {k}, {args.workers} workers x 1 thread, slab rows {args.slab_rows or 'planned'}, "
-        f"workers' malloc settings: {args.allocator}'s, OpenBLAS kernels: "
+        f"workers' malloc settings: {args.allocator}'s, "
+        + (f"each case's median of {args.rounds} rounds, run in turn, " if args.rounds > 1 else "")
+        + "OpenBLAS kernels: "
         + "; ".join(f"{who} {'/'.join(kernels) or 'none'}" for who, kernels in floor["blas_kernels"].items())
         + (f" (OPENBLAS_CORETYPE={os.environ['OPENBLAS_CORETYPE']})" if "OPENBLAS_CORETYPE" in os.environ else ""),
         f"floor: read the store once {floor['read_seconds']:.3f} s; full-covariance arithmetic "
@@ -298,13 +313,15 @@ def report(args, results: dict[str, dict]) -> str:
         f"floor for full/tied = {floor['read_seconds'] + arithmetic:.3f} s; zarr alone decoding each worker's "
         f"share in one call {floor['decode_seconds']:.3f} s; fastest decode of the store {fastest_decode(floor):.3f} s",
         "",
-        f"{'case':28s} {'s/iter':>9s} {'iters':>5s} {'client MiB':>10s} {'worker MiB':>10s}",
+        f"{'case':28s} {'s/iter':>9s} {'iters':>5s} {'client MiB':>10s} {'worker MiB':>10s}"
+        + (f"  {'rounds (s/iter)':s}" if args.rounds > 1 else ""),
     ]
     for case, result in results.items():
         if case == "floor":
             continue
         lines.append(f"{case:28s} {result['seconds']:9.3f} {result['iterations']:5d} "
-                     f"{result['client_peak_mb']:10.0f} {result.get('worker_peak_mb', float('nan')):10.0f}")
+                     f"{result['client_peak_mb']:10.0f} {result.get('worker_peak_mb', float('nan')):10.0f}"
+                     + ("  " + " ".join(f"{value:.3f}" for value in result["rounds"]) if args.rounds > 1 else ""))
     lines += ["", "targets:"]
     seconds = {case: result["seconds"] for case, result in results.items() if case != "floor"}
 
@@ -345,6 +362,9 @@ def main(argv=None) -> int:
     parser.add_argument("--reads", choices=["daskem", "zarr"], default="daskem",
                         help="how slabs are read: daskem's (decoded straight into the slab where the layout allows) "
                              "or zarr's own reads for every slab, to compare the two")
+    parser.add_argument("--rounds", type=int, default=1,
+                        help="run every case this many times, all cases in turn each round, and report each "
+                             "case's median round (on a machine whose speed drifts, a fairer comparison)")
     parser.add_argument("--cases", nargs="*", default=None, help="subset of cases (default: all)")
     parser.add_argument("--case", help=argparse.SUPPRESS)  # run one case in this process, print JSON
     args = parser.parse_args(argv)
@@ -355,17 +375,24 @@ def main(argv=None) -> int:
             DirectDecoder.of = classmethod(lambda cls, node: None)
         print(json.dumps(run_case(args, args.case)))
         return 0
+    if args.rounds < 1:
+        parser.error(f"--rounds must be at least 1, not {args.rounds}")
     ensure_store(args)
-    results = {}
     forwarded = [f"--{name.replace('_', '-')}={value}" for name, value in vars(args).items()
-                 if value is not None and name not in ("cases", "case")]
-    for case in ["floor", *(args.cases or all_cases()[1:])]:
-        started = time.perf_counter()
-        output = subprocess.run([sys.executable, __file__, *forwarded, "--case", case], check=True,
-                                capture_output=True, text=True, env={**os.environ, "PYTHONWARNINGS": "ignore"})
-        results[case] = json.loads(output.stdout.strip().splitlines()[-1])
-        print(f"{case:28s} {results[case].get('seconds', 0):8.3f} s/iter  ({time.perf_counter() - started:.0f} s)",
-              flush=True)
+                 if value is not None and name not in ("cases", "case", "rounds")]
+    cases = ["floor", *(args.cases or all_cases()[1:])]
+    rounds: dict[str, list[dict]] = {case: [] for case in cases}
+    for round_number in range(args.rounds):
+        for case in cases:
+            started = time.perf_counter()
+            output = subprocess.run([sys.executable, __file__, *forwarded, "--case", case], check=True,
+                                    capture_output=True, text=True, env={**os.environ, "PYTHONWARNINGS": "ignore"})
+            rounds[case].append(json.loads(output.stdout.strip().splitlines()[-1]))
+            print(f"{case:28s} {rounds[case][-1].get('seconds', 0):8.3f} s/iter  "
+                  f"({time.perf_counter() - started:.0f} s{f', round {round_number + 1}' if args.rounds > 1 else ''})",
+                  flush=True)
+    results = {case: median_round(found, "decode_seconds" if case == "floor" else "seconds")
+               for case, found in rounds.items()}
     print()
     print(report(args, results) if args.cases is None else json.dumps(results, indent=1))
     return 0
