@@ -43,7 +43,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return args.handler(args)
     except DaskemUserError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        from daskem.data.credentials import mask_text
+
+        print(f"error: {mask_text(str(exc))}", file=sys.stderr)  # URL passwords, even of commands without a config
         return 2
     except KeyboardInterrupt as exc:
         what = "terminated (SIGTERM)" if isinstance(exc, Terminated) else "interrupted"
@@ -177,7 +179,7 @@ def _run(args) -> int:
 
     config = load_config(args.config, args.overrides)
     result = run(config, progress=not args.no_progress, restart=args.restart)
-    print(result.output)
+    _show(result.output, config)
     return 0
 
 
@@ -190,9 +192,9 @@ def _validate(args) -> int:
     model = config.model
     what = f"{model.kind}, {model.n_components} components" + (
         f", {model.covariance_type} covariances, ranked by {model.criterion}" if model.kind == "gmm" else "")
-    print(f"ok: {args.config}: {source.name}: {source.shape[0]} rows x {source.shape[1]} features, "
+    _show(f"ok: {args.config}: {source.name}: {source.shape[0]} rows x {source.shape[1]} features, "
           f"{source.dtype}, {len(source.row_chunks)} chunks of up to {max(source.row_chunks)} rows; "
-          f"model {what}; output {config.output.location}")
+          f"model {what}; output {config.output.location}", config)
     return 0
 
 
@@ -214,7 +216,7 @@ def _predict(args) -> int:
     }
     config = parse_config(raw, source="predict", model=PredictConfig)
     result = predict(config, progress=not args.no_progress)
-    print(result.output)
+    _show(result.output, config)
     return 0
 
 
@@ -238,14 +240,14 @@ def _sample(args) -> int:
     raw = {"model_path": args.model, "rows": args.rows, "seed": args.seed, "chunk_rows": args.chunk_rows,
            "output": args.output, "overwrite": args.overwrite, "cluster": _cluster(args)}
     config = parse_config(raw, source="sample", model=SampleConfig)
-    print(sample(config, progress=not args.no_progress))
+    _show(sample(config, progress=not args.no_progress), config)
     return 0
 
 
 def _report(args) -> int:
     from daskem.outputs.report import regenerate
 
-    print(regenerate(args.run_dir))
+    _show(regenerate(args.run_dir))
     return 0
 
 
@@ -258,8 +260,20 @@ def _make_data(args) -> int:
         separation=args.separation, array=None if args.root_array else args.array, zarr_format=args.zarr_format,
         storage_options=_options(args.storage_options), overwrite=args.overwrite,
     )
-    print(summary["path"])
+    _show(summary["path"])
     return 0
+
+
+def _show(result, config=None) -> None:
+    """Print a command's result line without the config's secrets or any URL's password."""
+    from daskem.data.credentials import mask_text
+
+    secrets = frozenset()
+    if config is not None:
+        from daskem.pipeline.config_loading import secret_values
+
+        secrets = secret_values(config)
+    print(mask_text(str(result), secrets))
 
 
 def _tls(args) -> dict | None:
@@ -276,12 +290,9 @@ def _tls(args) -> dict | None:
 
 
 def _options(pairs: Sequence[str], flag: str = "--storage-option") -> dict:
-    from daskem.errors import ConfigError
     from daskem.pipeline.config_loading import apply_override
 
     out: dict = {}
     for pair in pairs:
-        if "=" not in pair:
-            raise ConfigError(f"{flag} {pair!r}: write it as key=value")
-        out = apply_override(out, pair)
+        out = apply_override(out, pair, flag)
     return out

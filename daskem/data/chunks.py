@@ -17,6 +17,7 @@ import math
 import numpy as np
 from dask.base import tokenize
 
+from daskem.data.credentials import mask_text
 from daskem.data.direct_reads import DirectDecoder
 from daskem.errors import DataError
 
@@ -59,10 +60,11 @@ def missing_chunks_message(node, where: str, missing: list[tuple[int, ...]]) -> 
 
 class SlabReader:
     """The stored array as ``da.from_array`` slices it, a slab per task: a read or decode error
-    becomes a ``DataError`` that names the failing chunk, its rows and the fix."""
+    becomes a ``DataError`` that names the failing chunk, its rows and the fix. The message is made on
+    a worker, whose log keeps it, so it shows no URL password of ``where`` or of the store's error."""
 
     def __init__(self, node, where: str):
-        self.node, self.where = node, where
+        self.node, self.where = node, mask_text(where)
         self.shape, self.dtype, self.ndim = tuple(node.shape), np.dtype(node.dtype), node.ndim
         self.decoder = DirectDecoder.of(node)
 
@@ -100,5 +102,5 @@ class SlabReader:
 
 
 def _one_line(exc: Exception, limit: int = 200) -> str:
-    text = " ".join(f"{type(exc).__name__}: {exc}".split())
+    text = " ".join(mask_text(f"{type(exc).__name__}: {exc}").split())  # masked before it is cut
     return text if len(text) <= limit else text[: limit - 3] + "..."

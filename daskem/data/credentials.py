@@ -1,46 +1,82 @@
 """Which storage options are credentials, and how they are kept out of messages and records.
 
-One rule for every place that shows a store's options: the run record, the model's metadata, error
-messages from a store or an output location, and (through ``pipeline.config_loading``) log lines.
+One rule for every place that shows a store's options or a URL: the run record, the model's
+metadata, the checkpoint, error messages from a store or an output location, what the command line
+prints, and (through ``pipeline.config_loading``) log lines.
 """
 
 from __future__ import annotations
 
+import re
 from typing import Any, Mapping
 
 MASK = "***"
-# A storage option is a secret when its key holds one of these words (case-insensitive), e.g.
-# aws_secret_access_key, key, session_token, account_key, client_secret, sas_token, connection_string;
-# endpoint_url, region_name, anon or client_kwargs are not (though a password in a URL is, and
-# ``pipeline.config_loading`` treats any value from ${VAR} as one too).
-SECRET_WORDS = ("secret", "password", "passwd", "token", "key", "credential", "auth", "connection_string", "sas")
+# A storage option (or a URL's query parameter) is a secret when its name, lower-cased and without
+# '-', '_' or spaces, holds one of these words: aws_secret_access_key, key, session_token,
+# account_key, client_secret, sas_token, connection_string, ConnectionString, passphrase, pwd,
+# private_key, Cookie, Authorization, sig, X-Amz-Signature... endpoint_url, region_name, anon or
+# client_kwargs are not (though a password in a URL is, and ``pipeline.config_loading`` treats any
+# value from ${VAR} as one too).
+SECRET_WORDS = ("secret", "pass", "pwd", "token", "key", "credential", "auth", "connectionstring", "connstr",
+                "sas", "sig", "private", "cookie", "bearer", "jwt", "assertion")
+# The password of a URL's user information: everything from the first ':' after the user name to the
+# last '@' before the host (a password may hold a raw '@').
+_URL_PASSWORD = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*://[^/@:\s]*:)([^/\s]+)(@)")
+# A query parameter: ?name=value or &name=value.
+_QUERY_VALUE = re.compile(r"([?&;])([^=&;#\s]+)=([^&;#\s]+)")
+# Secrets shorter than this are masked where they are whole values, not inside longer text.
+_MIN_MASKED_SUBSTRING = 4
 
 
 def is_secret_key(key: Any) -> bool:
-    """Whether a storage option's key names a secret (see ``SECRET_WORDS``)."""
-    lowered = str(key).lower()
-    return any(word in lowered for word in SECRET_WORDS)
+    """Whether a storage option's (or query parameter's) name names a secret (see ``SECRET_WORDS``)."""
+    normalized = re.sub(r"[-_\s]", "", str(key).lower())
+    return any(word in normalized for word in SECRET_WORDS)
+
+
+def url_secrets(text: str) -> set[str]:
+    """The passwords of the URLs in ``text`` and the values of their secret-looking query parameters."""
+    found = {match.group(2) for match in _URL_PASSWORD.finditer(text)}
+    return found | {match.group(3) for match in _QUERY_VALUE.finditer(text) if is_secret_key(match.group(2))}
+
+
+def mask_text(text: str, secrets: frozenset[str] = frozenset()) -> str:
+    """``text`` with every secret (of at least 4 characters), every password in a URL and every value of
+    a secret-looking query parameter replaced by ***."""
+    for secret in sorted(secrets, key=len, reverse=True):
+        if len(secret) >= _MIN_MASKED_SUBSTRING:
+            text = text.replace(secret, MASK)
+    text = _URL_PASSWORD.sub(rf"\g<1>{MASK}\g<3>", text)
+    return _QUERY_VALUE.sub(lambda m: f"{m[1]}{m[2]}={MASK}" if is_secret_key(m[2]) else m[0], text)
 
 
 def redacted(storage_options: Mapping[str, Any]) -> dict[str, Any]:
-    """``storage_options`` with the value of every credential hidden, nested mappings too."""
-    return {name: MASK if is_secret_key(name) else redacted(value) if isinstance(value, Mapping) else value
-            for name, value in storage_options.items()}
+    """``storage_options`` with the value of every credential hidden, in nested mappings and lists too."""
+    return {name: MASK if is_secret_key(name) else _redacted_value(value) for name, value in storage_options.items()}
+
+
+def _redacted_value(value: Any) -> Any:
+    if isinstance(value, Mapping):
+        return redacted(value)
+    if isinstance(value, (list, tuple)):
+        return [_redacted_value(item) for item in value]
+    return mask_text(value) if isinstance(value, str) else value
 
 
 def scrub(exc: BaseException, options: Mapping[str, Any]) -> str:
-    """``exc`` as one line of text, every credential of ``options`` replaced by ``***``."""
-    text = " ".join(f"{type(exc).__name__}: {exc}".split())
-    secrets: list[str] = []
+    """``exc`` as one line of text, every credential of ``options`` (and URL passwords) replaced by ``***``."""
+    secrets: set[str] = set()
 
-    def collect(mapping: Mapping[str, Any]) -> None:
-        for name, value in mapping.items():
-            if isinstance(value, Mapping):
-                collect(value)
-            elif is_secret_key(name) and isinstance(value, str) and value:
-                secrets.append(value)
+    def collect(value: Any, secret: bool) -> None:
+        if isinstance(value, Mapping):
+            for name, item in value.items():
+                collect(item, secret or is_secret_key(name))
+        elif isinstance(value, (list, tuple)):
+            for item in value:
+                collect(item, secret)
+        elif secret and value is not None and not isinstance(value, bool) and str(value):
+            secrets.add(str(value))
 
-    collect(options)
-    for secret in sorted(secrets, key=len, reverse=True):
-        text = text.replace(secret, MASK)
-    return text
+    collect(options, False)
+    text = f"{type(exc).__name__}: {exc}"
+    return " ".join(mask_text(text, frozenset(secrets)).split())

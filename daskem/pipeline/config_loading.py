@@ -25,14 +25,11 @@ from pydantic import (
     ValidationError,
 )
 
-from daskem.data.credentials import MASK, is_secret_key
+from daskem.data.credentials import MASK, is_secret_key, mask_text, url_secrets
 from daskem.errors import ConfigError, DaskemUserError
 from daskem.pipeline.config import DaskemConfig
 
 _ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-(.*?))?\}")
-_URL_PASSWORD = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*://[^/@:\s]*:)([^/@\s]+)(@)")
-# Secrets shorter than this are masked where they are whole values, not inside longer text.
-_MIN_MASKED_SUBSTRING = 4
 
 
 class FromEnv(str):
@@ -81,12 +78,14 @@ def parse_config(
 
 
 
-def apply_override(raw: dict[str, Any], override: str) -> dict[str, Any]:
-    """Return a copy of ``raw`` with ``section.key=value`` set; the value is parsed as YAML."""
+def apply_override(raw: dict[str, Any], override: str, flag: str = "--set") -> dict[str, Any]:
+    """Return a copy of ``raw`` with ``section.key=value`` set; the value is parsed as YAML. ``flag``
+    names the option it came from in error messages."""
     key, sep, text = override.partition("=")
     parts = key.strip().split(".")
     if not sep or not all(parts):
-        raise ConfigError(f"--set {override!r}: write it as section.key=value, e.g. model.n_components=12")
+        example = "key=value, e.g. anon=true" if flag != "--set" else "section.key=value, e.g. model.n_components=12"
+        raise ConfigError(f"{flag} {shown_override(override, flag)}: write it as {example}")
     try:
         value = yaml.safe_load(text) if text.strip() else None
     except yaml.YAMLError:
@@ -99,12 +98,27 @@ def apply_override(raw: dict[str, Any], override: str) -> dict[str, Any]:
             child = {}
         elif not isinstance(child, dict):
             where = ".".join(parts[: i + 1])
-            raise ConfigError(f"--set {override!r}: {where} is a value, not a section")
+            raise ConfigError(f"{flag} {shown_override(override, flag)}: {where} is a value, not a section")
         node[part] = dict(child)
         node = node[part]
     node[parts[-1]] = value
     return out
 
+
+
+def shown_override(override: str, flag: str = "--set") -> str:
+    """An override as an error message quotes it, its value hidden wherever it may be a credential:
+    under ``storage_options``, under a secret-looking key, from a storage-option flag, or when there
+    is no '=' to tell the key from the value (then only the text before a ':' or a space is shown)."""
+    key, sep, _ = override.partition("=")
+    if not sep and flag != "--set":
+        return repr(MASK)
+    if not sep:
+        head = re.split(r"[:\s]", override, maxsplit=1)[0]
+        return repr(head + ("..." if head != override else ""))
+    if flag != "--set" or any(is_secret_key(part) or part.endswith("storage_options") for part in key.split(".")):
+        return repr(f"{key}={MASK}")
+    return repr(mask_text(override))
 
 
 def expand_env(value: Any, where: str = "") -> Any:
@@ -142,6 +156,17 @@ def expand_env(value: Any, where: str = "") -> Any:
 
 
 
+def _shown_input(loc: list[str], given: Any) -> str:
+    """How an error message shows a value it rejects: only its type under ``storage_options`` or a
+    secret-looking key (a list given for the options holds their credentials), *** for a value from
+    ${VAR}, otherwise its repr with URL passwords masked."""
+    if isinstance(given, FromEnv):
+        return MASK
+    if any(is_secret_key(part) or str(part).endswith("storage_options") for part in loc):
+        return f"a {type(given).__name__}"
+    return mask_text(repr(given))
+
+
 def format_validation_error(exc: ValidationError, source: str, model=DaskemConfig) -> str:
     """One line per problem (joined by '; '), naming the dotted key and the fix.
 
@@ -155,7 +180,7 @@ def format_validation_error(exc: ValidationError, source: str, model=DaskemConfi
         kind = error["type"]
         message = error["msg"].removeprefix("Value error, ")
         given = error.get("input")
-        got = "" if kind.startswith("value_error") else f" (got {MASK if isinstance(given, FromEnv) else repr(given)})"
+        got = "" if kind.startswith("value_error") else f" (got {_shown_input(loc, given)})"
         if kind == "extra_forbidden":
             valid = _field_names(model, loc[:-1])
             close = difflib.get_close_matches(loc[-1], valid, n=1, cutoff=0.5)
@@ -240,7 +265,7 @@ def secret_values(config) -> frozenset[str]:
         elif isinstance(value, str):
             if secret or isinstance(value, FromEnv):
                 found.add(str(value))
-            found.update(match.group(2) for match in _URL_PASSWORD.finditer(value))
+            found.update(url_secrets(value))
         elif secret and value is not None and not isinstance(value, bool):
             found.add(str(value))
 
@@ -248,14 +273,6 @@ def secret_values(config) -> frozenset[str]:
         walk(dict(storage_options), False)
         walk(path, False)
     return frozenset(value for value in found if value)
-
-
-def mask_text(text: str, secrets: frozenset[str]) -> str:
-    """``text`` with every secret (of at least 4 characters) and every password in a URL replaced by ***."""
-    for secret in sorted(secrets, key=len, reverse=True):
-        if len(secret) >= _MIN_MASKED_SUBSTRING:
-            text = text.replace(secret, MASK)
-    return _URL_PASSWORD.sub(rf"\g<1>{MASK}\g<3>", text)
 
 
 def mask_document(value: Any, secrets: frozenset[str], *, options: bool = False) -> Any:

@@ -13,6 +13,7 @@ import logging
 from contextlib import contextmanager
 from typing import Iterator
 
+from daskem.data.credentials import mask_text
 from daskem.data.stores import DataSource, open_data
 from daskem.engine.checkpoint import Checkpoint, CheckpointMismatch
 from daskem.errors import DaskemUserError, OutputError
@@ -33,11 +34,12 @@ def checkpoint_path(output: str) -> str:
 
 def run_checkpoint(config, source: DataSource, *, restart: bool = False) -> Checkpoint:
     """The checkpoint of ``config``'s run; its identity is what the results depend on: the model, the
-    preprocessing and the data (store, array, shape, dtype, chunks), not the cluster or the outputs."""
+    preprocessing and the data (store, array, shape, dtype, chunks), not the cluster, the outputs or
+    the credentials (a URL's password is masked: the checkpoint is a file beside the output)."""
     identity = {
         "model": config.model.model_dump(mode="json"),
         "preprocess": None if config.preprocess is None else config.preprocess.model_dump(mode="json"),
-        "data": {"path": source.path, "array": source.array, "shape": list(source.shape), "dtype": source.dtype,
+        "data": {"path": mask_text(source.path), "array": source.array, "shape": list(source.shape), "dtype": source.dtype,
                  "store_chunks": list(source.store_chunks)},
     }
     checkpoint = Checkpoint(checkpoint_path(config.output.location), identity, restart=restart,

@@ -14,7 +14,7 @@ import logging
 import time
 from functools import partial
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 import dask.array as da
 import numpy as np
@@ -29,6 +29,7 @@ from daskem.outputs.records import output_format, package_versions, write_json
 from daskem.outputs.staging import StagedOutput
 from daskem.pipeline.cluster import cluster_summary, connect
 from daskem.pipeline.config import ClusterConfig, OutputConfig, _Section
+from daskem.pipeline.config_loading import mask_document, masking_secrets, secret_values
 from daskem.pipeline.progress import ProgressBars
 from daskem.pipeline.run import _now
 from daskem.pipeline.watchdog import watched
@@ -51,6 +52,10 @@ class SampleConfig(_Section):
     output: str = Field(description="The Zarr group to create (a local path), e.g. synthetic.zarr.")
     overwrite: bool = Field(False, description="Replace an earlier daskem output at that path.")
     cluster: ClusterConfig = Field(default_factory=ClusterConfig, description="The Dask cluster.")
+
+    def stores(self) -> dict[str, tuple[str, dict[str, Any]]]:
+        """Every store the command names, by its config key: (path or URL, its storage options)."""
+        return {"model_path": (self.model_path, {}), "output": (self.output, {})}
 
     @field_validator("output")
     @classmethod
@@ -98,8 +103,10 @@ def sampled_model(model_path: str):
     return model
 
 
+@masking_secrets
 def sample(config: SampleConfig, *, progress: bool = True) -> Path:
-    """Draw ``config.rows`` rows of the saved model into ``config.output``; the output directory."""
+    """Draw ``config.rows`` rows of the saved model into ``config.output``; the output directory. Log
+    lines, errors and run.json show none of the model URL's credentials."""
     started_at, t0 = _now(), time.perf_counter()
     model = sampled_model(config.model_path)
     staged = StagedOutput(config.output, overwrite=config.overwrite, inputs={"model_path": config.model_path})
@@ -109,12 +116,13 @@ def sample(config: SampleConfig, *, progress: bool = True) -> Path:
         cluster = cluster_summary(client, config.cluster.embedded)
         with staged as tmp:
             written = write_samples(model, tmp, config.rows, seed=config.seed, chunk_rows=config.chunk_rows)
-            write_json(tmp / "run.json", {
+            model_path = config.model_path if "://" in config.model_path else str(Path(config.model_path).absolute())
+            write_json(tmp / "run.json", mask_document({
                 **output_format(), "complete": True, "command": "sample", "started_at": started_at,
                 "finished_at": _now(), "config": config.model_dump(mode="json"), "versions": package_versions(),
-                "model_path": str(Path(config.model_path).absolute()), "cluster": cluster, "outputs": {"arrays": written},
+                "model_path": model_path, "cluster": cluster, "outputs": {"arrays": written},
                 "timings": {"total": round(time.perf_counter() - t0, 3)},
-            })
+            }, secret_values(config)))
             final = staged.commit()
     logger.info("%d rows of %s drawn (seed %d) into %s", config.rows, config.model_path, config.seed, final)
     return final
