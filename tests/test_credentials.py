@@ -134,3 +134,15 @@ def test_sample_from_a_url_shows_no_password(tmp_path, served, in_process):
     missing = in_process("sample", f"{served}/nothere", "--rows", "5", "-o", "none", cwd=tmp_path)
     assert missing.returncode == 2 and PASSWORD not in missing.stderr and f"alice:{MASK}@" in missing.stderr
     assert not np.any([path.name == "none" for path in tmp_path.iterdir()])
+
+
+def test_make_data_on_an_unreachable_store_is_one_line_without_its_credentials(tmp_path, in_process):
+    from dask_processes import closed_port
+
+    done = in_process("make-data", "s3://bucket/x.zarr", "--rows", "100", "--features", "2",
+                      "--storage-option", f"endpoint_url=http://127.0.0.1:{closed_port()}",
+                      "--storage-option", "key=AKIAEXAMPLEKEY", "--storage-option", "secret=s3cr3tVALUE_xyz",
+                      cwd=tmp_path)
+    assert done.returncode == 2 and len(done.stderr.strip().splitlines()) == 1, done.stderr
+    assert done.stderr.startswith("error: s3://bucket/x.zarr: cannot connect") and "endpoint_url" in done.stderr
+    assert "s3cr3tVALUE_xyz" not in done.stderr and "AKIAEXAMPLEKEY" not in done.stderr

@@ -19,10 +19,10 @@ from typing import Any, Mapping
 
 import dask
 import dask.array as da
-import fsspec
 import numpy as np
 import zarr
 
+from daskem.data.stores import access_problem, reach
 from daskem.errors import DataError
 
 logger = logging.getLogger("daskem")
@@ -95,10 +95,16 @@ def make_data(
     url = path if "://" in path or not options else "file://" + _abspath(path)
     if url.startswith(("file://", "local://")):
         options.setdefault("auto_mkdir", True)  # fsspec's local files do not create directories otherwise
-    fs, fs_path = fsspec.core.url_to_fs(url, **options)
-    truth_path = fs_path.rstrip("/") + ".truth"
-    _clear(fs, fs_path, truth_path, path, overwrite)
-    fs.makedirs(fs._parent(fs_path), exist_ok=True)  # a new bucket, on object stores
+    try:  # the first contact with the store: credentials, endpoint and backend fail here, in one line
+        fs, fs_path = reach(url, options)  # with the fail-fast settings of its protocol
+        truth_path = fs_path.rstrip("/") + ".truth"
+        _clear(fs, fs_path, truth_path, path, overwrite)
+        fs.makedirs(fs._parent(fs_path), exist_ok=True)  # a new bucket, on object stores
+    except DataError:
+        raise
+    except Exception as exc:  # noqa: BLE001  (named with the fix by access_problem, as a run's stores are)
+        raise DataError(access_problem(path, exc, options, key="--storage-option", path_key="the path",
+                                       verb="write")) from None
 
     mixture = make_mixture(n_components, n_features, seed=seed, separation=separation)
     target = _create_target(url, options, array, (n_samples, n_features), chunk_rows, shard_rows, dtype, zarr_format)
