@@ -8,7 +8,7 @@ prints, and (through ``pipeline.config_loading``) log lines.
 from __future__ import annotations
 
 import re
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 MASK = "***"
 # A storage option (or a URL's query parameter) is a secret when its name, lower-cased and without
@@ -63,20 +63,31 @@ def _redacted_value(value: Any) -> Any:
     return mask_text(value) if isinstance(value, str) else value
 
 
+def secrets_in(value: Any, *, marked: Callable[[str], bool] = lambda text: False) -> set[str]:
+    """The secret strings of storage options (or of a path): values under secret-looking names, in nested
+    mappings and lists too, strings that ``marked`` says are secret (a value from ${VAR}), passwords of
+    URLs and values of secret query parameters."""
+    found: set[str] = set()
+
+    def walk(item: Any, secret: bool) -> None:
+        if isinstance(item, Mapping):
+            for name, inner in item.items():
+                walk(inner, secret or is_secret_key(name))
+        elif isinstance(item, (list, tuple)):
+            for inner in item:
+                walk(inner, secret)
+        elif isinstance(item, str):
+            if secret or marked(item):
+                found.add(str(item))
+            found.update(url_secrets(item))
+        elif secret and item is not None and not isinstance(item, bool):
+            found.add(str(item))
+
+    walk(value, False)
+    return {text for text in found if text}
+
+
 def scrub(exc: BaseException, options: Mapping[str, Any]) -> str:
     """``exc`` as one line of text, every credential of ``options`` (and URL passwords) replaced by ``***``."""
-    secrets: set[str] = set()
-
-    def collect(value: Any, secret: bool) -> None:
-        if isinstance(value, Mapping):
-            for name, item in value.items():
-                collect(item, secret or is_secret_key(name))
-        elif isinstance(value, (list, tuple)):
-            for item in value:
-                collect(item, secret)
-        elif secret and value is not None and not isinstance(value, bool) and str(value):
-            secrets.add(str(value))
-
-    collect(options, False)
     text = f"{type(exc).__name__}: {exc}"
-    return " ".join(mask_text(text, frozenset(secrets)).split())
+    return " ".join(mask_text(text, frozenset(secrets_in(options))).split())

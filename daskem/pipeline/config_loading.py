@@ -25,7 +25,7 @@ from pydantic import (
     ValidationError,
 )
 
-from daskem.data.credentials import MASK, is_secret_key, mask_text, url_secrets
+from daskem.data.credentials import MASK, is_secret_key, mask_text, secrets_in
 from daskem.errors import ConfigError, DaskemUserError
 from daskem.pipeline.config import DaskemConfig
 
@@ -254,25 +254,9 @@ def secret_values(config) -> frozenset[str]:
     """The strings of ``config`` (a config naming its stores in ``stores()``) never to be written or logged: storage
     options under secret-looking keys or from the environment, and passwords in URLs."""
     found: set[str] = set()
-
-    def walk(value: Any, secret: bool) -> None:
-        if isinstance(value, dict):
-            for key, item in value.items():
-                walk(item, secret or is_secret_key(key))
-        elif isinstance(value, (list, tuple)):
-            for item in value:
-                walk(item, secret)
-        elif isinstance(value, str):
-            if secret or isinstance(value, FromEnv):
-                found.add(str(value))
-            found.update(url_secrets(value))
-        elif secret and value is not None and not isinstance(value, bool):
-            found.add(str(value))
-
     for path, storage_options in config.stores().values():
-        walk(dict(storage_options), False)
-        walk(path, False)
-    return frozenset(value for value in found if value)
+        found |= secrets_in(dict(storage_options), marked=lambda text: isinstance(text, FromEnv)) | secrets_in(path)
+    return frozenset(found)
 
 
 def mask_document(value: Any, secrets: frozenset[str], *, options: bool = False) -> Any:
