@@ -293,6 +293,6 @@ def _options(pairs: Sequence[str], flag: str = "--storage-option") -> dict:
     from daskem.pipeline.config_loading import apply_override
 
     out: dict = {}
-    for pair in pairs:
-        out = apply_override(out, pair, flag)
+    for index, pair in enumerate(pairs):  # a message hides the value: the flag's place tells which one
+        out = apply_override(out, pair, flag if len(pairs) == 1 else f"{flag} (#{index + 1} of {len(pairs)})")
     return out

@@ -20,7 +20,7 @@ from daskem.data.stores import open_array, open_data
 from daskem.data.synthetic import make_data
 from daskem.errors import DataError
 from daskem.pipeline.config_loading import load_config
-from daskem.pipeline.resume import run_checkpoint
+from daskem.pipeline.resume import path_digest, run_checkpoint
 
 PASSWORD = "Pa55wordURL"
 
@@ -48,6 +48,16 @@ def test_text_loses_url_passwords_and_secret_query_values():
     assert mask_text("http://u:Pa55@word@host:80/x.zarr") == f"http://u:{MASK}@host:80/x.zarr"
     assert mask_text("https://h/p?sig=QS9sig&se=2030&X-Amz-Signature=abcd") == f"https://h/p?sig={MASK}&se=2030&X-Amz-Signature={MASK}"
     assert mask_text("s3://bucket/data.zarr and http://h/x?page=2") == "s3://bucket/data.zarr and http://h/x?page=2"
+    assert mask_text("https://h/d?sigma=0.5&code=c0de#access_token=t0k3n") == f"https://h/d?sigma=0.5&code={MASK}#access_token={MASK}"
+    for local in ("out/k2&sigma=0.5", "a@b/x?sig=abcd1234.zarr", "runs/x;key=1"):  # not URLs: left as they are
+        assert mask_text(local) == local
+
+
+def test_the_checkpoint_tells_apart_stores_that_masking_makes_alike():
+    first, second = "https://h/d.zarr?sig=AAAA1111", "https://h/d.zarr?sig=BBBB2222"
+    assert mask_text(first) == mask_text(second) and path_digest(first) != path_digest(second)
+    # another password still opens the same data: the same checkpoint
+    assert path_digest("http://alice:old-pw@h/d.zarr") == path_digest("http://alice:new-pw@h/d.zarr")
 
 
 @pytest.mark.parametrize("key", ["ConnectionString", "connection-string", "conn_str", "passphrase", "pwd", "Cookie",
@@ -68,10 +78,20 @@ def test_a_list_or_a_string_for_the_storage_options_is_not_echoed(tmp_path, in_p
         assert f"data.storage_options: Input should be a valid dictionary (got a {type(options).__name__})" in done.stderr
 
 
+def test_a_section_given_as_a_list_is_echoed_with_its_credentials_masked(tmp_path, in_process):
+    path = write_config(tmp_path / "c.yaml", {
+        "data": [{"path": "s3://bkt/d.zarr", "storage_options": {"secret": "ListedSecretValue1", "anon": False}}],
+        "model": {"kind": "kmeans"}, "output": {"path": "out"}})
+    done = in_process("validate", path, cwd=tmp_path)
+    assert done.returncode == 2 and "ListedSecretValue1" not in done.stderr
+    assert f"'storage_options': {{'secret': '{MASK}', 'anon': False}}" in done.stderr
+
+
 @pytest.mark.parametrize("args, shown", [
     (["--set", "data.storage_options..secret=hunter2XYZ"], f"--set 'data.storage_options..secret={MASK}'"),
     (["--set", "data.storage_options.secret:hunter2XYZ"], "--set 'data.storage_options.secret...'"),
     (["--set", "data.path.secret=hunter2XYZ"], f"--set 'data.path.secret={MASK}': data.path is a value"),
+    (["--set", "=hunter2XYZ"], f"--set '={MASK}': write it as section.key=value"),
 ])
 def test_a_malformed_override_is_quoted_without_its_value(tmp_path, in_process, args, shown):
     make_data(str(tmp_path / "d.zarr"), n_samples=100, n_features=2, chunk_rows=50)
@@ -86,6 +106,9 @@ def test_a_malformed_storage_option_flag_names_itself_and_hides_the_value(tmp_pa
     done = in_process("predict", "out", "d.zarr", "--array", "X", "-o", "pred", flag, "hunter2XYZ", cwd=tmp_path)
     assert done.returncode == 2 and "hunter2XYZ" not in done.stderr
     assert f"error: {flag} '{MASK}': write it as key=value" in done.stderr
+    several = in_process("predict", "out", "d.zarr", "--array", "X", "-o", "pred", flag, "anon=true",
+                         flag, "hunter2XYZ", cwd=tmp_path)
+    assert f"error: {flag} (#2 of 2) '{MASK}': write it as key=value" in several.stderr  # which one, by its place
 
 
 def test_validate_prints_the_store_without_its_password(tmp_path, served, in_process):
@@ -146,3 +169,25 @@ def test_make_data_on_an_unreachable_store_is_one_line_without_its_credentials(t
     assert done.returncode == 2 and len(done.stderr.strip().splitlines()) == 1, done.stderr
     assert done.stderr.startswith("error: s3://bucket/x.zarr: cannot connect") and "endpoint_url" in done.stderr
     assert "s3cr3tVALUE_xyz" not in done.stderr and "AKIAEXAMPLEKEY" not in done.stderr
+
+
+def test_make_data_logs_and_records_a_url_without_its_password(tmp_path, in_process):
+    url = f"file://alice:FtpPw2024@{tmp_path}/d.zarr"
+    done = in_process("make-data", url, "--rows", "100", "--features", "2", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    truth = next(tmp_path.rglob("truth.json")).read_text()  # where fsspec's local files put a URL with a user
+    assert "FtpPw2024" not in done.stdout + done.stderr + truth and f"alice:{MASK}@" in truth
+
+
+def test_a_storage_option_from_the_environment_stays_the_string_it_is(monkeypatch):
+    from daskem.pipeline.config_loading import expand_env
+
+    monkeypatch.setenv("DASKEM_TEST_PIN", "0123")
+    monkeypatch.setenv("DASKEM_TEST_ANON", "True")
+    monkeypatch.setenv("DASKEM_TEST_ROWS", "0x10")
+    expanded = expand_env({"data": {"chunk_rows": "${DASKEM_TEST_ROWS}",
+                                    "storage_options": {"password": "${DASKEM_TEST_PIN}", "anon": "${DASKEM_TEST_ANON}"}}})
+    options = expanded["data"]["storage_options"]
+    assert options["password"] == "0123" and isinstance(options["password"], str)  # not YAML's octal 83
+    assert options["anon"] is True
+    assert expanded["data"]["chunk_rows"] == 16  # elsewhere a whole value is read as YAML, as before

@@ -14,16 +14,19 @@ MASK = "***"
 # A storage option (or a URL's query parameter) is a secret when its name, lower-cased and without
 # '-', '_' or spaces, holds one of these words: aws_secret_access_key, key, session_token,
 # account_key, client_secret, sas_token, connection_string, ConnectionString, passphrase, pwd,
-# private_key, Cookie, Authorization, sig, X-Amz-Signature... endpoint_url, region_name, anon or
+# private_key, Cookie, Authorization, X-Amz-Signature... endpoint_url, region_name, anon or
 # client_kwargs are not (though a password in a URL is, and ``pipeline.config_loading`` treats any
 # value from ${VAR} as one too).
 SECRET_WORDS = ("secret", "pass", "pwd", "token", "key", "credential", "auth", "connectionstring", "connstr",
-                "sas", "sig", "private", "cookie", "bearer", "jwt", "assertion")
+                "sas", "signature", "private", "cookie", "bearer", "jwt", "assertion")
+# Names that are secrets only whole: an Azure SAS's sig, an OAuth code (not sigma, not design).
+SECRET_NAMES = frozenset({"sig", "code"})
 # The password of a URL's user information: everything from the first ':' after the user name to the
 # last '@' before the host (a password may hold a raw '@').
 _URL_PASSWORD = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*://[^/@:\s]*:)([^/\s]+)(@)")
-# A query parameter: ?name=value or &name=value.
-_QUERY_VALUE = re.compile(r"([?&;])([^=&;#\s]+)=([^&;#\s]+)")
+# A URL with a query or a fragment, and one parameter of those: ?name=value, &name=value, #name=value.
+_URL_WITH_QUERY = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://[^\s?#]*[?#]\S*")
+_PARAMETER = re.compile(r"([?&;#])([^=&;#\s]+)=([^&;#\s]+)")
 # Secrets shorter than this are masked where they are whole values, not inside longer text.
 _MIN_MASKED_SUBSTRING = 4
 
@@ -31,35 +34,47 @@ _MIN_MASKED_SUBSTRING = 4
 def is_secret_key(key: Any) -> bool:
     """Whether a storage option's (or query parameter's) name names a secret (see ``SECRET_WORDS``)."""
     normalized = re.sub(r"[-_\s]", "", str(key).lower())
-    return any(word in normalized for word in SECRET_WORDS)
+    return normalized in SECRET_NAMES or any(word in normalized for word in SECRET_WORDS)
 
 
 def url_secrets(text: str) -> set[str]:
     """The passwords of the URLs in ``text`` and the values of their secret-looking query parameters."""
     found = {match.group(2) for match in _URL_PASSWORD.finditer(text)}
-    return found | {match.group(3) for match in _QUERY_VALUE.finditer(text) if is_secret_key(match.group(2))}
+    for url in _URL_WITH_QUERY.finditer(text):
+        found |= {match.group(3) for match in _PARAMETER.finditer(url.group(0)) if is_secret_key(match.group(2))}
+    return found
+
+
+def without_url_passwords(text: str) -> str:
+    """``text`` with the password of every URL in it replaced by ***, and nothing else changed."""
+    return _URL_PASSWORD.sub(rf"\g<1>{MASK}\g<3>", text)
 
 
 def mask_text(text: str, secrets: frozenset[str] = frozenset()) -> str:
     """``text`` with every secret (of at least 4 characters), every password in a URL and every value of
-    a secret-looking query parameter replaced by ***."""
+    a URL's secret-looking query parameter replaced by ***; a local path's '?' or '&' is left alone."""
     for secret in sorted(secrets, key=len, reverse=True):
         if len(secret) >= _MIN_MASKED_SUBSTRING:
             text = text.replace(secret, MASK)
-    text = _URL_PASSWORD.sub(rf"\g<1>{MASK}\g<3>", text)
-    return _QUERY_VALUE.sub(lambda m: f"{m[1]}{m[2]}={MASK}" if is_secret_key(m[2]) else m[0], text)
+    text = without_url_passwords(text)
+
+    def query(url: re.Match) -> str:
+        return _PARAMETER.sub(lambda m: f"{m[1]}{m[2]}={MASK}" if is_secret_key(m[2]) else m[0], url.group(0))
+
+    return _URL_WITH_QUERY.sub(query, text)
 
 
 def redacted(storage_options: Mapping[str, Any]) -> dict[str, Any]:
     """``storage_options`` with the value of every credential hidden, in nested mappings and lists too."""
-    return {name: MASK if is_secret_key(name) else _redacted_value(value) for name, value in storage_options.items()}
+    return {name: MASK if is_secret_key(name) else redacted_value(value) for name, value in storage_options.items()}
 
 
-def _redacted_value(value: Any) -> Any:
+def redacted_value(value: Any) -> Any:
+    """A copy of any value with the credentials of the mappings in it hidden, and URL passwords masked."""
     if isinstance(value, Mapping):
         return redacted(value)
     if isinstance(value, (list, tuple)):
-        return [_redacted_value(item) for item in value]
+        return [redacted_value(item) for item in value]
     return mask_text(value) if isinstance(value, str) else value
 
 

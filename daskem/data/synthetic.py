@@ -22,6 +22,7 @@ import dask.array as da
 import numpy as np
 import zarr
 
+from daskem.data.credentials import mask_text
 from daskem.data.stores import access_problem, reach
 from daskem.errors import DataError
 
@@ -119,15 +120,15 @@ def make_data(
     with dask.config.set(scheduler="threads"):
         da.store(lazy, target, lock=False)
 
-    summary = {
-        "path": path, "array": array or None, "shape": [n_samples, n_features], "dtype": dtype.name,
+    summary = {  # the paths as the log, the truth file and the caller may show them: no URL password
+        "path": mask_text(path), "array": array or None, "shape": [n_samples, n_features], "dtype": dtype.name,
         "chunk_rows": chunk_rows, "shard_rows": shard_rows, "zarr_format": zarr_format, "n_components": n_components,
         "seed": seed, "separation": separation,
-        "truth": truth_path if "://" not in url else f"{url.rstrip('/')}.truth",
+        "truth": truth_path if "://" not in url else mask_text(f"{url.rstrip('/')}.truth"),
     }
     _write_truth(fs, truth_path, mixture, summary)
     logger.info("make-data: wrote %d x %d %s rows in %d blocks to %s%s; true parameters in %s",
-                n_samples, n_features, dtype.name, len(rows[0]), path,
+                n_samples, n_features, dtype.name, len(rows[0]), summary["path"],
                 f" (array {array})" if array else "", summary["truth"])
     return summary
 

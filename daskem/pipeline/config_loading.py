@@ -25,7 +25,7 @@ from pydantic import (
     ValidationError,
 )
 
-from daskem.data.credentials import MASK, is_secret_key, mask_text, secrets_in
+from daskem.data.credentials import MASK, is_secret_key, mask_text, redacted_value, secrets_in
 from daskem.errors import ConfigError, DaskemUserError
 from daskem.pipeline.config import DaskemConfig
 
@@ -107,18 +107,16 @@ def apply_override(raw: dict[str, Any], override: str, flag: str = "--set") -> d
 
 
 def shown_override(override: str, flag: str = "--set") -> str:
-    """An override as an error message quotes it, its value hidden wherever it may be a credential:
-    under ``storage_options``, under a secret-looking key, from a storage-option flag, or when there
-    is no '=' to tell the key from the value (then only the text before a ':' or a space is shown)."""
+    """An override as an error message quotes it, its value hidden, since it may be a credential: the
+    key and ``=***``; without an '=' to tell the key from the value, only the text before a ':' or a
+    space (nothing at all from a storage-option flag)."""
     key, sep, _ = override.partition("=")
-    if not sep and flag != "--set":
-        return repr(MASK)
-    if not sep:
-        head = re.split(r"[:\s]", override, maxsplit=1)[0]
-        return repr(head + ("..." if head != override else ""))
-    if flag != "--set" or any(is_secret_key(part) or part.endswith("storage_options") for part in key.split(".")):
+    if sep:  # what is wrong is the key: the value is never needed to fix it
         return repr(f"{key}={MASK}")
-    return repr(mask_text(override))
+    if flag != "--set":
+        return repr(MASK)
+    head = re.split(r"[:\s]", override, maxsplit=1)[0]
+    return repr(head + ("..." if head != override else ""))
 
 
 def expand_env(value: Any, where: str = "") -> Any:
@@ -144,15 +142,19 @@ def expand_env(value: Any, where: str = "") -> Any:
         )
 
     expanded = _ENV.sub(substitute, value)
-    if expanded != value and _ENV.fullmatch(value):
-        # a whole value from the environment is parsed like YAML, so ${N} can be a number
+    option = "storage_options." in f"{where}."
+    if option and from_env and _ENV.fullmatch(value) and expanded.lower() in ("true", "false"):
+        return expanded.lower() == "true"  # anon: ${ANON}
+    if not option and expanded != value and _ENV.fullmatch(value):
+        # a whole value from the environment is parsed like YAML, so ${N} can be a number; not a
+        # storage option's, which stays the string it is (a password 0123 is not the number 83)
         try:
             parsed = yaml.safe_load(expanded)
         except yaml.YAMLError:
             parsed = expanded
         if isinstance(parsed, (int, float, bool)):
             return parsed
-    return FromEnv(expanded) if from_env and "storage_options." in f"{where}." else expanded
+    return FromEnv(expanded) if from_env and option else expanded
 
 
 
@@ -164,6 +166,9 @@ def _shown_input(loc: list[str], given: Any) -> str:
         return MASK
     if any(is_secret_key(part) or str(part).endswith("storage_options") for part in loc):
         return f"a {type(given).__name__}"
+    if isinstance(given, (dict, list, tuple)):  # a section given as a list, say: its options' credentials masked
+        secrets = secrets_in(given, marked=lambda text: isinstance(text, FromEnv))
+        return mask_text(repr(redacted_value(given)), frozenset(secrets))
     return mask_text(repr(given))
 
 

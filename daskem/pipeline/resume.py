@@ -9,11 +9,12 @@ resumes from it; a run of another config refuses it with one line, or starts afr
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from contextlib import contextmanager
 from typing import Iterator
 
-from daskem.data.credentials import mask_text
+from daskem.data.credentials import mask_text, without_url_passwords
 from daskem.data.stores import DataSource, open_data
 from daskem.engine.checkpoint import Checkpoint, CheckpointMismatch
 from daskem.errors import DaskemUserError, OutputError
@@ -35,11 +36,12 @@ def checkpoint_path(output: str) -> str:
 def run_checkpoint(config, source: DataSource, *, restart: bool = False) -> Checkpoint:
     """The checkpoint of ``config``'s run; its identity is what the results depend on: the model, the
     preprocessing and the data (store, array, shape, dtype, chunks), not the cluster, the outputs or
-    the credentials (a URL's password is masked: the checkpoint is a file beside the output)."""
+    the credentials. The checkpoint is a file beside the output, so it keeps the store's path masked
+    and, to tell stores apart that masking makes alike, a digest of the path without its password."""
     identity = {
         "model": config.model.model_dump(mode="json"),
         "preprocess": None if config.preprocess is None else config.preprocess.model_dump(mode="json"),
-        "data": {"path": mask_text(source.path), "array": source.array, "shape": list(source.shape), "dtype": source.dtype,
+        "data": {"path": mask_text(source.path), "path_sha256": path_digest(source.path), "array": source.array, "shape": list(source.shape), "dtype": source.dtype,
                  "store_chunks": list(source.store_chunks)},
     }
     checkpoint = Checkpoint(checkpoint_path(config.output.location), identity, restart=restart,
@@ -48,6 +50,11 @@ def run_checkpoint(config, source: DataSource, *, restart: bool = False) -> Chec
         checkpoint.remove()
         logger.info("--restart: the checkpoint of the earlier run was removed")
     return checkpoint
+
+
+def path_digest(path: str) -> str:
+    """SHA-256 of a store's path without its URL password: another password still opens the same data."""
+    return hashlib.sha256(without_url_passwords(path).encode()).hexdigest()
 
 
 @contextmanager
