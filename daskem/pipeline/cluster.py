@@ -248,12 +248,17 @@ def cluster_summary(client, embedded: bool) -> dict[str, Any]:
         "scheduler": client.scheduler.address,
         "n_workers": len(workers),
         "threads": sum(w.get("nthreads", 0) for w in workers.values()),
-        "memory_bytes": sum(w.get("memory_limit") or 0 for w in workers.values()),
+        "memory_bytes": workers_memory_bytes(workers),
         "smallest_memory_bytes": min((w.get("memory_limit") or 0 for w in workers.values()), default=0),
         "dashboard": dashboard_link(client),
         "blas_kernels": _workers_blas_kernels(client),
     }
 
+
+
+def workers_memory_bytes(workers: dict[str, Any]) -> int:
+    """The memory limits of the workers (as ``scheduler_info`` lists them) added up."""
+    return sum(w.get("memory_limit") or 0 for w in workers.values())
 
 
 def _workers_blas_kernels(client) -> list[str]:
@@ -318,7 +323,7 @@ def maybe_cache(X, mode: str, client):
     if mode == "none":
         return X
     if mode == "auto":
-        memory = cluster_summary(client, True)["memory_bytes"]
+        memory = workers_memory_bytes(client.scheduler_info().get("workers", {}))  # not the whole summary's round trips
         if not memory or X.nbytes > memory / 2:
             logger.info("cache: auto: %.1f MiB of rows do not fit in half of %.1f MiB of worker memory; "
                         "streaming from the store", X.nbytes / 2**20, memory / 2**20)

@@ -38,6 +38,10 @@ class FromEnv(str):
 
     __slots__ = ()
 
+    @staticmethod
+    def holds(text: str) -> bool:
+        """Whether ``text`` came from the environment (the ``marked`` test of ``secrets_in``)."""
+        return isinstance(text, FromEnv)
 
 
 def load_config(path: str | os.PathLike, overrides: typing.Sequence[str] = ()) -> DaskemConfig:
@@ -167,7 +171,7 @@ def _shown_input(loc: list[str], given: Any) -> str:
     if any(is_secret_key(part) or str(part).endswith("storage_options") for part in loc):
         return f"a {type(given).__name__}"
     if isinstance(given, (dict, list, tuple)):  # a section given as a list, say: its options' credentials masked
-        secrets = secrets_in(given, marked=lambda text: isinstance(text, FromEnv))
+        secrets = secrets_in(given, marked=FromEnv.holds)
         return mask_text(repr(redacted_value(given)), frozenset(secrets))
     return mask_text(repr(given))
 
@@ -260,7 +264,7 @@ def secret_values(config) -> frozenset[str]:
     options under secret-looking keys or from the environment, and passwords in URLs."""
     found: set[str] = set()
     for path, storage_options in config.stores().values():
-        found |= secrets_in(dict(storage_options), marked=lambda text: isinstance(text, FromEnv)) | secrets_in(path)
+        found |= secrets_in(dict(storage_options), marked=FromEnv.holds) | secrets_in(path)
     return frozenset(found)
 
 

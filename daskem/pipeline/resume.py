@@ -41,8 +41,8 @@ def run_checkpoint(config, source: DataSource, *, restart: bool = False) -> Chec
     identity = {
         "model": config.model.model_dump(mode="json"),
         "preprocess": None if config.preprocess is None else config.preprocess.model_dump(mode="json"),
-        "data": {"path": mask_text(source.path), "path_sha256": path_digest(source.path), "array": source.array, "shape": list(source.shape), "dtype": source.dtype,
-                 "store_chunks": list(source.store_chunks)},
+        "data": {"path": mask_text(source.path), "path_sha256": path_digest(source.path), "array": source.array,
+                 "shape": list(source.shape), "dtype": source.dtype, "store_chunks": list(source.store_chunks)},
     }
     checkpoint = Checkpoint(checkpoint_path(config.output.location), identity, restart=restart,
                             storage_options=config.output.storage_options)
