@@ -191,3 +191,9 @@ def test_a_storage_option_from_the_environment_stays_the_string_it_is(monkeypatc
     assert options["password"] == "0123" and isinstance(options["password"], str)  # not YAML's octal 83
     assert options["anon"] is True
     assert expanded["data"]["chunk_rows"] == 16  # elsewhere a whole value is read as YAML, as before
+
+
+def test_make_data_on_a_store_that_takes_no_writes_is_one_line(tmp_path, served, in_process):
+    done = in_process("make-data", f"{served}/new.zarr", "--rows", "100", "--features", "2", cwd=tmp_path)
+    assert done.returncode == 2 and len(done.stderr.strip().splitlines()) == 1, done.stderr
+    assert f"alice:{MASK}@" in done.stderr and PASSWORD not in done.stderr and "Unsupported method ('PUT')" in done.stderr

@@ -96,11 +96,14 @@ def make_data(
     url = path if "://" in path or not options else "file://" + _abspath(path)
     if url.startswith(("file://", "local://")):
         options.setdefault("auto_mkdir", True)  # fsspec's local files do not create directories otherwise
-    try:  # the first contact with the store: credentials, endpoint and backend fail here, in one line
+    try:  # the first contact with the store and its first write (the array's metadata): credentials,
+        # endpoint, backend and a store that takes no writes fail here, in one line
         fs, fs_path = reach(url, options)  # with the fail-fast settings of its protocol
         truth_path = fs_path.rstrip("/") + ".truth"
         _clear(fs, fs_path, truth_path, path, overwrite)
         fs.makedirs(fs._parent(fs_path), exist_ok=True)  # a new bucket, on object stores
+        target = _create_target(url, options, array, (n_samples, n_features), chunk_rows, shard_rows, dtype,
+                                zarr_format)
     except DataError:
         raise
     except Exception as exc:  # noqa: BLE001  (named with the fix by access_problem, as a run's stores are)
@@ -108,7 +111,6 @@ def make_data(
                                        verb="write")) from None
 
     mixture = make_mixture(n_components, n_features, seed=seed, separation=separation)
-    target = _create_target(url, options, array, (n_samples, n_features), chunk_rows, shard_rows, dtype, zarr_format)
 
     def block(block_info=None):
         info = block_info[None]
