@@ -179,21 +179,30 @@ def test_make_data_logs_and_records_a_url_without_its_password(tmp_path, in_proc
     assert "FtpPw2024" not in done.stdout + done.stderr + truth and f"alice:{MASK}@" in truth
 
 
-def test_a_storage_option_from_the_environment_stays_the_string_it_is(monkeypatch):
+def test_a_credential_from_the_environment_stays_the_string_it_is(monkeypatch):
     from daskem.pipeline.config_loading import expand_env
 
-    monkeypatch.setenv("DASKEM_TEST_PIN", "0123")
-    monkeypatch.setenv("DASKEM_TEST_ANON", "True")
-    monkeypatch.setenv("DASKEM_TEST_ROWS", "0x10")
-    expanded = expand_env({"data": {"chunk_rows": "${DASKEM_TEST_ROWS}",
-                                    "storage_options": {"password": "${DASKEM_TEST_PIN}", "anon": "${DASKEM_TEST_ANON}"}}})
+    for name, value in {"PIN": "0123", "ANON": "no", "BS": "1048576", "ROWS": "0x10"}.items():
+        monkeypatch.setenv(f"DASKEM_TEST_{name}", value)
+    expanded = expand_env({"data": {"chunk_rows": "${DASKEM_TEST_ROWS}", "storage_options": {
+        "password": "${DASKEM_TEST_PIN}", "anon": "${DASKEM_TEST_ANON}", "default_block_size": "${DASKEM_TEST_BS}"}}})
     options = expanded["data"]["storage_options"]
     assert options["password"] == "0123" and isinstance(options["password"], str)  # not YAML's octal 83
-    assert options["anon"] is True
-    assert expanded["data"]["chunk_rows"] == 16  # elsewhere a whole value is read as YAML, as before
+    assert options["anon"] is False and options["default_block_size"] == 1048576  # other options are read as YAML
+    assert expanded["data"]["chunk_rows"] == 16
 
 
 def test_make_data_on_a_store_that_takes_no_writes_is_one_line(tmp_path, served, in_process):
     done = in_process("make-data", f"{served}/new.zarr", "--rows", "100", "--features", "2", cwd=tmp_path)
     assert done.returncode == 2 and len(done.stderr.strip().splitlines()) == 1, done.stderr
     assert f"alice:{MASK}@" in done.stderr and PASSWORD not in done.stderr and "Unsupported method ('PUT')" in done.stderr
+
+
+def test_a_credential_given_on_the_command_line_stays_the_string_it_is():
+    from daskem.cli import _options
+    from daskem.pipeline.config_loading import apply_override
+
+    assert _options(["secret=0123", "anon=0", "default_block_size=1048576"]) == {
+        "secret": "0123", "anon": 0, "default_block_size": 1048576}
+    assert apply_override({}, "data.storage_options.token=0123") == {"data": {"storage_options": {"token": "0123"}}}
+    assert apply_override({}, "model.n_components=12") == {"model": {"n_components": 12}}  # YAML, as before

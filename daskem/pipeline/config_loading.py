@@ -90,8 +90,9 @@ def apply_override(raw: dict[str, Any], override: str, flag: str = "--set") -> d
     if not sep or not all(parts):
         example = "key=value, e.g. anon=true" if flag != "--set" else "section.key=value, e.g. model.n_components=12"
         raise ConfigError(f"{flag} {shown_override(override, flag)}: write it as {example}")
-    try:
-        value = yaml.safe_load(text) if text.strip() else None
+    option = flag != "--set" or any(part.endswith("storage_options") for part in parts)
+    try:  # a credential stays the text it is (a password 0123 is not the number 83)
+        value = text if option and is_secret_key(parts[-1]) else yaml.safe_load(text) if text.strip() else None
     except yaml.YAMLError:
         value = text
     out = dict(raw)
@@ -147,11 +148,11 @@ def expand_env(value: Any, where: str = "") -> Any:
 
     expanded = _ENV.sub(substitute, value)
     option = "storage_options." in f"{where}."
-    if option and from_env and _ENV.fullmatch(value) and expanded.lower() in ("true", "false"):
-        return expanded.lower() == "true"  # anon: ${ANON}
-    if not option and expanded != value and _ENV.fullmatch(value):
-        # a whole value from the environment is parsed like YAML, so ${N} can be a number; not a
-        # storage option's, which stays the string it is (a password 0123 is not the number 83)
+    credential = option and is_secret_key(where.rpartition(".")[2])
+    if not credential and expanded != value and _ENV.fullmatch(value):
+        # a whole value from the environment is parsed like YAML, so ${N} can be a number and
+        # anon: ${ANON} a boolean; not a credential's, which stays the string it is (a password 0123
+        # is not the number 83)
         try:
             parsed = yaml.safe_load(expanded)
         except yaml.YAMLError:
