@@ -90,9 +90,9 @@ def apply_override(raw: dict[str, Any], override: str, flag: str = "--set") -> d
     if not sep or not all(parts):
         example = "key=value, e.g. anon=true" if flag != "--set" else "section.key=value, e.g. model.n_components=12"
         raise ConfigError(f"{flag} {shown_override(override, flag)}: write it as {example}")
-    option = flag != "--set" or any(part.endswith("storage_options") for part in parts)
     try:  # a credential stays the text it is (a password 0123 is not the number 83)
-        value = text if option and is_secret_key(parts[-1]) else yaml.safe_load(text) if text.strip() else None
+        credential = credential_option(parts, options=flag != "--set")
+        value = text if credential else yaml.safe_load(text) if text.strip() else None
     except yaml.YAMLError:
         value = text
     out = dict(raw)
@@ -109,6 +109,13 @@ def apply_override(raw: dict[str, Any], override: str, flag: str = "--set") -> d
     node[parts[-1]] = value
     return out
 
+
+
+def credential_option(parts: list[str], *, options: bool = False) -> bool:
+    """Whether the key at the dotted ``parts`` is a storage option named like a credential, whose value
+    stays the text it is; ``options``: the parts are already inside a storage-options mapping."""
+    inside = options or any(part.endswith("storage_options") for part in parts[:-1])
+    return inside and is_secret_key(parts[-1])
 
 
 def shown_override(override: str, flag: str = "--set") -> str:
@@ -148,7 +155,7 @@ def expand_env(value: Any, where: str = "") -> Any:
 
     expanded = _ENV.sub(substitute, value)
     option = "storage_options." in f"{where}."
-    credential = option and is_secret_key(where.rpartition(".")[2])
+    credential = credential_option(where.split("."))
     if not credential and expanded != value and _ENV.fullmatch(value):
         # a whole value from the environment is parsed like YAML, so ${N} can be a number and
         # anon: ${ANON} a boolean; not a credential's, which stays the string it is (a password 0123
