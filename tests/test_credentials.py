@@ -16,7 +16,7 @@ import zarr
 from conftest import write_config
 
 from daskem.data.credentials import MASK, is_secret_key, mask_text, redacted
-from daskem.data.stores import open_array, open_data
+from daskem.data.stores import check_chunks, open_array, open_data
 from daskem.data.synthetic import make_data
 from daskem.errors import DataError
 from daskem.pipeline.config_loading import load_config
@@ -122,7 +122,7 @@ def test_validate_prints_the_store_without_its_password(tmp_path, served, in_pro
 
     config = load_config(path)
     source, _ = open_data(config.data)
-    identity = run_checkpoint(config, source).identity  # what the checkpoint file beside the output keeps
+    identity = run_checkpoint(config, source, check_chunks(config.data)).identity  # what the checkpoint file beside the output keeps
     assert PASSWORD not in json.dumps(identity) and f"alice:{MASK}@" in identity["data"]["path"]
 
 

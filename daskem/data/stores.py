@@ -31,6 +31,7 @@ from daskem.data.chunks import (
     missing_chunks_message,
     stored_chunk_shape,
 )
+from daskem.data import stamps
 from daskem.data.credentials import scrub
 from daskem.data.slabs import DEFAULT_SLAB_BYTES, plan_slab_rows
 from daskem.errors import DataError
@@ -139,34 +140,40 @@ def open_weights(data_config, X: da.Array) -> da.Array | None:
                          asarray=False, meta=np.empty((0,), dtype=node.dtype)).astype(np.float64)
 
 
-def check_chunks(data_config) -> None:
+def check_chunks(data_config) -> str:
     """Refuse (``DataError``) an array with a chunk or shard missing from its store, which Zarr would read
     as the fill value; with ``data.allow_missing_chunks`` log a warning instead. One listing of the store
-    per array (the rows, and the weights when ``data.weights`` is set)."""
+    per array (the rows, and the weights when ``data.weights`` is set). Returns the digest of what was
+    listed (``stamps.digest``), which tells this store from one rewritten in place later."""
     weights = getattr(data_config, "weights", None)
-    for array in [data_config.array, *([weights] if weights else [])]:
-        _check_array_chunks(data_config, array)
+    return stamps.digest({array or "": _check_array_chunks(data_config, array)
+                          for array in [data_config.array, *([weights] if weights else [])]})
 
 
-def _check_array_chunks(data_config, array: str | None) -> None:
+def _check_array_chunks(data_config, array: str | None) -> dict[str, Any]:
+    """Check one array's chunks (see ``check_chunks``); the stamps of its stored objects."""
     node = open_zarr_array(data_config.path, array=array, storage_options=data_config.storage_options)
     fs, root = store_filesystem(data_config.path, data_config.storage_options)
-    prefix = "/".join(part for part in (root.rstrip("/"), node.path) if part)
+    prefix = fs._strip_protocol("/".join(part for part in (root.rstrip("/"), node.path) if part))
     try:
-        listed = fs.find(prefix)
+        fs.invalidate_cache(prefix)  # a listing cached by a filesystem instance (fsspec keeps them) would hide a rewrite
+        listed = fs.find(prefix, detail=True)
+        entries = stamps.array_entries(listed, prefix)
+        if not stamps.has_stamps(entries):  # an index page lists names only: ask a sample of chunks
+            entries.update(stamps.asked_entries(fs, prefix, stamps.sampled_keys(node)))
     except Exception as exc:
         raise DataError(
-            f"{data_config.path}: cannot list the store to check its chunks ({type(exc).__name__}: {exc}); check "
-            "the permissions of data.storage_options, which must allow listing"
+            f"{data_config.path}: cannot list the store to check its chunks ({scrub(exc, data_config.storage_options)}); "
+            "check the permissions of data.storage_options, which must allow listing"
         ) from None
-    missing = missing_chunks(node, listed, fs._strip_protocol(prefix))
-    if not missing:
-        return
-    where = describe(data_config.path, array)
-    if not data_config.allow_missing_chunks:
-        raise DataError(missing_chunks_message(node, where, missing))
-    logger.warning("data.allow_missing_chunks: %d chunk(s) missing from %s are read as the fill value %s, "
-                   "first %s", len(missing), where, node.fill_value, describe_chunk(node, missing[0]))
+    missing = missing_chunks(node, list(listed), prefix)
+    if missing:
+        where = describe(data_config.path, array)
+        if not data_config.allow_missing_chunks:
+            raise DataError(missing_chunks_message(node, where, missing))
+        logger.warning("data.allow_missing_chunks: %d chunk(s) missing from %s are read as the fill value %s, "
+                       "first %s", len(missing), where, node.fill_value, describe_chunk(node, missing[0]))
+    return entries
 
 
 def describe(path: str, array: str | None) -> str:

@@ -57,6 +57,8 @@ class Checkpoint:
         self._saved_identity: dict[str, Any] | None = None  # as read from the file
         self._stages: dict[str, Any] | None = None
         self._created: list[str] = []  # folders made for the file, deepest first, removed with it
+        self._resuming = False  # whether a state an earlier run saved was loaded, and the log told so
+        self._saved_here: set[str] = set()  # the stages this run saved
         self.with_identity(**(identity or {}))
 
     def with_identity(self, **more: Any) -> "Checkpoint":
@@ -64,7 +66,11 @@ class Checkpoint:
         more = _jsonable_identity(more)
         self._read()
         saved = self._saved_identity or {}
-        changed = [key for key, value in more.items() if key in saved and saved[key] != value]
+        changed = differences(saved, more)
+        unrecorded = [name for name in unrecorded_names(saved, more) if "." in name]
+        if unrecorded and not changed:
+            logger.info("checkpoint %s was written by an earlier daskem, without %s: resuming on what it records",
+                        self.path, ", ".join(unrecorded))
         if changed:
             if not self.restart:
                 what = ", ".join(changed[:4]) + (" ..." if len(changed) > 4 else "")
@@ -79,14 +85,21 @@ class Checkpoint:
 
     # ----------------------------------------------------------------------------- stages
     def load(self, stage: str) -> Any:
-        """The saved state of ``stage``, or None when it has none."""
-        return self._read().get(stage)
+        """The saved state of ``stage``, or None when it has none. The log says the run resumes when it
+        first loads a state an earlier run saved (not when it reads the file, which may be refused or
+        discarded yet)."""
+        stages = self._read()
+        if stage in stages and stage not in self._saved_here and not self._resuming:
+            logger.info("resuming from checkpoint %s (%s)", self.path, ", ".join(stages))
+            self._resuming = True
+        return stages.get(stage)
 
     def save(self, stage: str, state: Any) -> None:
         """Record ``state`` for ``stage`` and write the whole checkpoint atomically."""
         stages = self._read()
         stages[stage] = state
         self._write(stages)
+        self._saved_here.add(stage)
 
     def stages(self) -> list[str]:
         """Names of the stages that have a saved state."""
@@ -125,8 +138,6 @@ class Checkpoint:
                 f"{self.path}: not a readable daskem checkpoint ({exc}); delete it, or run with --restart"
             ) from None
         self._stages, self._saved_identity = stages, document.get("identity", {})
-        if stages:
-            logger.info("resuming from checkpoint %s (%s)", self.path, ", ".join(stages))
         return self._stages
 
     def _write(self, stages: dict[str, Any]) -> None:
@@ -166,6 +177,31 @@ def identity_of_array(X) -> dict[str, Any]:
     """What identifies the data of a fit: its shape, dtype and the rows of each slab (the merge order)."""
     return {"shape": [int(s) for s in X.shape], "dtype": str(X.dtype),
             "slab_rows": hashlib.sha256(np.asarray(X.chunks[0], dtype=np.int64).tobytes()).hexdigest()[:16]}
+
+
+def differences(saved: dict[str, Any], identity: dict[str, Any], within: str = "") -> list[str]:
+    """The dotted names of ``identity``'s entries that ``saved`` records with another value. An entry
+    ``saved`` lacks is no difference: a layer adds its part later, or an earlier version left it out."""
+    found = []
+    for key, value in identity.items():
+        if key not in saved:
+            continue
+        if isinstance(value, dict) and isinstance(saved[key], dict):
+            found += differences(saved[key], value, f"{within}{key}.")
+        elif saved[key] != value:
+            found.append(f"{within}{key}")
+    return found
+
+
+def unrecorded_names(saved: dict[str, Any], identity: dict[str, Any], within: str = "") -> list[str]:
+    """The dotted names of ``identity``'s entries that ``saved`` does not record."""
+    found = []
+    for key, value in identity.items():
+        if key not in saved:
+            found.append(f"{within}{key}")
+        elif isinstance(value, dict) and isinstance(saved[key], dict):
+            found += unrecorded_names(saved[key], value, f"{within}{key}.")
+    return found
 
 
 def _jsonable_identity(identity: dict[str, Any]) -> dict[str, Any]:

@@ -33,16 +33,18 @@ def checkpoint_path(output: str) -> str:
     return f"{output.rstrip('/')}.checkpoint.npz"
 
 
-def run_checkpoint(config, source: DataSource, *, restart: bool = False) -> Checkpoint:
+def run_checkpoint(config, source: DataSource, store_contents: str, *, restart: bool = False) -> Checkpoint:
     """The checkpoint of ``config``'s run; its identity is what the results depend on: the model, the
-    preprocessing and the data (store, array, shape, dtype, chunks), not the cluster, the outputs or
-    the credentials. The checkpoint is a file beside the output, so it keeps the store's path masked
-    and, to tell stores apart that masking makes alike, a digest of the path without its password."""
+    preprocessing and the data (store, array, shape, dtype, chunks, and ``store_contents``, the digest
+    of its chunks' stamps that ``check_chunks`` returns), not the cluster, the outputs or the
+    credentials. The checkpoint is a file beside the output, so it keeps the store's path masked and,
+    to tell stores apart that masking makes alike, a digest of the path without its password."""
     identity = {
         "model": config.model.model_dump(mode="json"),
         "preprocess": None if config.preprocess is None else config.preprocess.model_dump(mode="json"),
         "data": {"path": mask_text(source.path), "path_sha256": path_digest(source.path), "array": source.array,
                  "shape": list(source.shape), "dtype": source.dtype, "store_chunks": list(source.store_chunks)},
+        "store_contents": store_contents,
     }
     checkpoint = Checkpoint(checkpoint_path(config.output.location), identity, restart=restart,
                             storage_options=config.output.storage_options)

@@ -144,13 +144,13 @@ def run(config: DaskemConfig, *, progress: bool = True, restart: bool = False) -
     timings: dict[str, float] = {}
     source, X = open_data(config.data)
     check_config_against_data(config, source)
-    check_chunks(config.data)
+    store_contents = check_chunks(config.data)
     location = output_of(config)
     location.check()
     secrets = secret_values(config)
     logger.info("data: %s, %d rows x %d features, %s, %d chunks of up to %d rows", source.name,
                 *source.shape, source.dtype, len(source.row_chunks), max(source.row_chunks))
-    checkpoint = run_checkpoint(config, source, restart=restart)
+    checkpoint = run_checkpoint(config, source, store_contents, restart=restart)
     timings["open"] = time.perf_counter() - t0
 
     with connect(config.cluster) as client, ProgressBars(client, enabled=progress), counting_passes() as passes, \
