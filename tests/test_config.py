@@ -280,6 +280,17 @@ def test_override_of_an_unknown_key_is_refused_like_in_yaml():
         parse_config(minimal(), overrides=["model.max_iters=3"])
 
 
+def test_a_problem_is_named_by_where_it_was_written_the_file_or_the_flag():
+    with pytest.raises(ConfigError) as raised:
+        parse_config(minimal(tol=-1), source="c.yaml", overrides=["model.max_iters=3", "modl.x=1", "model.n_init=0"])
+    message = str(raised.value)
+    assert message.startswith("c.yaml: model.tol: ")  # the file's own problem stays the file's
+    assert "--set 'model.max_iters=***': unknown key 'model.max_iters'; did you mean 'model.max_iter'?" in message
+    assert "--set 'modl.x=***': unknown key 'modl'; did you mean 'model'?" in message
+    assert "--set 'model.n_init=***': model.n_init: " in message
+    assert "c.yaml: unknown" not in message and message.count("c.yaml") == 1
+
+
 def test_env_vars_are_expanded(monkeypatch):
     monkeypatch.setenv("DASKEM_DATA", "/data")
     monkeypatch.setenv("DASKEM_K", "5")

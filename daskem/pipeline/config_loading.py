@@ -72,13 +72,15 @@ def parse_config(
 ):
     """Validate a plain mapping (after ``--set`` overrides and ``${VAR}`` expansion) into ``model``."""
     raw = {key: value for key, value in raw.items()}
+    overridden = {}
     for override in overrides:
         raw = apply_override(raw, override)
+        overridden[tuple(override.partition("=")[0].strip().split("."))] = f"--set {shown_override(override)}"
     raw = expand_env(raw)
     try:
         return model.model_validate(raw)
     except ValidationError as exc:
-        raise ConfigError(format_validation_error(exc, source, model)) from None
+        raise ConfigError(format_validation_error(exc, source, model, overridden)) from None
 
 
 
@@ -184,16 +186,21 @@ def _shown_input(loc: list[str], given: Any) -> str:
     return mask_text(repr(given))
 
 
-def format_validation_error(exc: ValidationError, source: str, model=DaskemConfig) -> str:
-    """One line per problem (joined by '; '), naming the dotted key and the fix.
+def format_validation_error(exc: ValidationError, source: str, model=DaskemConfig,
+                            overridden: typing.Mapping[tuple[str, ...], str] | None = None) -> str:
+    """One line per problem (joined by '; '), naming the dotted key and the fix, and where it was
+    written: the ``source`` file, or the ``--set`` flag of ``overridden`` (its dotted key -> how the
+    flag is shown) that set the key or a section above it.
 
     A value that matches none of a union's forms (an int or a list of ints, say) gives one line
     listing the forms, not one line per form.
     """
     problems: dict[str, tuple[list[str], str]] = {}  # key -> (what was wrong, what was given)
+    written: dict[str, str] = {}  # key -> where its value was written
     for error in exc.errors():
         loc = _config_key(model, error["loc"])
         key = ".".join(loc)
+        written_by = _written_by(loc, overridden or {})
         kind = error["type"]
         message = error["msg"].removeprefix("Value error, ")
         given = error.get("input")
@@ -203,21 +210,34 @@ def format_validation_error(exc: ValidationError, source: str, model=DaskemConfi
             close = difflib.get_close_matches(loc[-1], valid, n=1, cutoff=0.5)
             prefix = ".".join(loc[:-1] + [""])
             hint = f"did you mean '{prefix}{close[0]}'?" if close else f"valid keys: {', '.join(valid)}"
-            problems[f"unknown key '{key}'"] = ([hint], "")
+            key = f"unknown key '{key}'"
+            problems[key] = ([hint], "")
         elif kind == "missing":
             problems[key] = (["required key is missing; add it"], "")
         else:
             messages, _ = problems.setdefault(key, ([], got))
             messages.append(message)
-    lines = []
+        written.setdefault(key, written_by or source)
+    lines: dict[str, list[str]] = {}  # where -> its problems, in the order found
     for key, (messages, got) in problems.items():
         if len(messages) > 1:
             text = "should be " + " or ".join(m.removeprefix("Input should be ") for m in messages)
         else:
             text = messages[0]
         separator = "; " if key.startswith("unknown key") else ": "
-        lines.append(f"{key}{separator}{text}{got}" if key else f"{text}{got}")
-    return f"{source}: " + "; ".join(lines)
+        lines.setdefault(written[key], []).append(f"{key}{separator}{text}{got}" if key else f"{text}{got}")
+    return "; ".join(f"{where}: " + "; ".join(found) for where, found in lines.items())
+
+
+def _written_by(loc: list[str], overridden: typing.Mapping[tuple[str, ...], str]) -> str | None:
+    """The ``--set`` flag (as shown) that set the key at ``loc``, a section above it or a key inside
+    it (an unknown section is reported at its own name), the last one given; None for the file's own."""
+    found = None
+    for parts, shown in overridden.items():
+        common = min(len(parts), len(loc))
+        if common and tuple(loc[:common]) == tuple(parts[:common]):
+            found = shown
+    return found
 
 
 
